@@ -1,0 +1,1 @@
+"""Virtual keys: issued to teams, stored hashed, checked on every request."""

@@ -1,0 +1,1 @@
+"""OpenAI wire format: types, validation and SSE framing. No I/O."""

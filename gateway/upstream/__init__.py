@@ -1,0 +1,1 @@
+"""Upstream providers: how a request leaves the gateway."""
