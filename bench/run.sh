@@ -71,6 +71,9 @@ if [ ! -x "$PEER_BENCH" ]; then
   exit 1
 fi
 
+# Keys and metering go to the temporary data dir, never to a database named in the environment.
+unset DATABASE_URL
+
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-bench.XXXXXX")
 DATA=$TMP/data
 mkdir -p "$DATA"
@@ -94,9 +97,9 @@ fi
 # by the harness; bench/policy.yaml routes through it. The upstream key is a dummy (the fake upstream ignores it).
 START="BENCH_UPSTREAM_KEY=\${BENCH_UPSTREAM_KEY:-sk-upstream-dummy} exec $(printf '%q' "$TOLLGATE") serve \
 --policy $(printf '%q' "$ROOT/bench/policy.yaml") --host 127.0.0.1 --port $PORT --data-dir $(printf '%q' "$DATA")"
-VERSION_CMD="$(printf '%q' "$PYTHON") -c 'import gateway, importlib.metadata as md, sys; \
-print(\"tollgate\", gateway.__version__, \"python\", sys.version.split()[0], \
-*(f\"{p} {md.version(p)}\" for p in (\"uvicorn\", \"uvloop\", \"httptools\", \"aiohttp\", \"orjson\")))'"
+# Versions for the report, printed the way the harness prints the presets' (tollgate's from its install metadata).
+VERSION_CMD="$(printf '%q' "$PYTHON") $(printf '%q' "$(dirname "$PEER_BENCH")/pkg_versions.py") \
+tollgate uvicorn uvloop httptools aiohttp orjson PyYAML SQLAlchemy aiosqlite"
 
 # Results go to a fresh directory (unless --out was given), so the run's files are easy to find; they are
 # copied into bench/results/ afterwards.

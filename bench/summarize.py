@@ -290,6 +290,7 @@ def warnings(run: Run, name: str) -> list[str]:
             missing = [s for s in SCENARIOS if "rps" not in run.scenario(tname, s)]
             if missing:
                 out.append(f"{tname}: no result for {', '.join(missing)} (see the run dir's wrk output)")
+        noisy: list[str] = []
         for sc in SCENARIOS:
             s = run.scenario(tname, sc)
             errors = s.get("errors")
@@ -301,7 +302,9 @@ def warnings(run: Run, name: str) -> list[str]:
                 _num(_get(s, "cpu", "other_pct_of_core")) or 0.0, _num(_get(s, "cpu", "gw_core_other_pct")) or 0.0
             )
             if noise > NOISE_PCT:
-                out.append(f"{tname} {sc}: noise {noise:.0f}% of a core (other processes); treat as suspect")
+                noisy.append(f"{sc} {noise:.0f}%")
+        if noisy:
+            out.append(f"{tname}: other processes used CPU during {', '.join(noisy)} (of a core); treat as suspect")
     if not run.has(name):
         out.insert(0, f"target {name!r} is not in this run (targets: {', '.join(run.targets)})")
     return out

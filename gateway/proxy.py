@@ -152,9 +152,8 @@ class Proxy:
                     return response
                 body = await response.read()
                 response.close()
-                failure = BufferedResponse(
-                    response.status, dict(response.headers), normalized_error(response.status, body)
-                )
+                headers = {name.lower(): value for name, value in response.headers.items()}
+                failure = BufferedResponse(response.status, headers, normalized_error(response.status, body))
                 logger.info("deployment %s attempt %d answered %d", deployment.name, attempt + 1, response.status)
                 wait = retry_after_seconds(response.headers)
                 if not can_retry or (wait is not None and wait > MAX_RETRY_AFTER):

@@ -1,0 +1,293 @@
+"""Providers that do not speak OpenAI's wire format (Anthropic, Gemini, Bedrock, ...), through litellm.
+
+litellm turns the OpenAI request into the provider's format and the provider's answer back into OpenAI objects;
+this module adapts those objects to the `Provider` seam: OpenAI-shaped bytes out, `UpstreamTimeout` and
+`UpstreamUnavailable` for transport failures, an upstream's error status as a response the proxy can retry or
+relay. litellm is imported when the first provider is built (in a worker thread, by the registry), never when this
+module is: it costs seconds and ~160 MB, and most gateways never need it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
+from functools import cache
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.exceptions import TollgateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, error_body
+from gateway.protocol.sse import DONE, encode_event, error_event
+from gateway.upstream.base import BufferedResponse, UpstreamCall
+
+# The message of that pydantic warning (see `_litellm`).
+READONLY_WARNING = r"Item '.*' on TypedDict class '.*' is using the `ReadOnly` qualifier"
+
+_JSON = {"content-type": "application/json"}
+_SSE = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+
+# The litellm coroutine serving each OpenAI endpoint.
+_FUNCTIONS = {"chat/completions": "acompletion", "completions": "atext_completion", "embeddings": "aembedding"}
+
+# The request fields forwarded to litellm, per endpoint. litellm takes the body as keyword arguments, and many of
+# its keywords decide where and how it sends (`base_url`, `api_key`, `aws_*`, `vertex_credentials`, `client`,
+# `mock_response`, `metadata`): forwarding an unknown field could send this deployment's credentials to a URL the
+# client chose, so any other field is refused rather than passed on.
+_FIELDS: Mapping[str, frozenset[str]] = {
+    "chat/completions": frozenset(
+        {
+            "messages",
+            "audio",
+            "frequency_penalty",
+            "function_call",
+            "functions",
+            "logit_bias",
+            "logprobs",
+            "max_completion_tokens",
+            "max_tokens",
+            "modalities",
+            "n",
+            "parallel_tool_calls",
+            "prediction",
+            "presence_penalty",
+            "prompt_cache_key",
+            "reasoning_effort",
+            "response_format",
+            "safety_identifier",
+            "seed",
+            "service_tier",
+            "stop",
+            "store",
+            "stream_options",
+            "temperature",
+            "tool_choice",
+            "tools",
+            "top_logprobs",
+            "top_p",
+            "user",
+            "verbosity",
+            "web_search_options",
+        }
+    ),
+    "completions": frozenset(
+        {
+            "prompt",
+            "best_of",
+            "echo",
+            "frequency_penalty",
+            "logit_bias",
+            "logprobs",
+            "max_tokens",
+            "n",
+            "presence_penalty",
+            "seed",
+            "stop",
+            "stream_options",
+            "suffix",
+            "temperature",
+            "top_p",
+            "user",
+        }
+    ),
+    "embeddings": frozenset({"input", "dimensions", "encoding_format", "user"}),
+}
+
+
+@cache
+def _litellm() -> Any:
+    # The packaged cost map: without this, importing litellm fetches it from GitHub.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    litellm.set_verbose = False
+    # Tollgate meters, logs and traces every request itself; litellm's callbacks would do it twice.
+    litellm.callbacks = []
+    litellm.success_callback = []
+    litellm.failure_callback = []
+    litellm.input_callback = []
+    # litellm builds many pydantic models on first use (the streaming ones on the first stream), and pydantic warns
+    # then about litellm's own typing; nothing a caller can act on.
+    warnings.filterwarnings("ignore", message=READONLY_WARNING, category=UserWarning)
+    return litellm
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and what caused it: litellm wraps transport errors, often in a status error (see below)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        original = getattr(current, "original_exception", None)
+        if isinstance(original, BaseException) and id(original) not in seen:
+            yield from _chain(original)
+        current = current.__cause__ or current.__context__
+
+
+def _provider_message(exc: BaseException) -> str:
+    """The provider's own error message when litellm kept its JSON body, else litellm's message."""
+    message = str(getattr(exc, "message", None) or exc)
+    # litellm's messages read "litellm.RateLimitError: AnthropicException - {provider's body}".
+    _, _, detail = message.partition(" - ")
+    try:
+        body = orjson.loads(detail)
+    except orjson.JSONDecodeError:
+        return message
+    error = body.get("error", body) if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    return message
+
+
+def _retry_after(exc: BaseException) -> dict[str, str]:
+    for candidate in _chain(exc):
+        for headers in (
+            getattr(candidate, "litellm_response_headers", None),
+            getattr(candidate, "headers", None),
+            getattr(getattr(candidate, "response", None), "headers", None),
+        ):
+            if not isinstance(headers, Mapping):
+                continue
+            for key, value in headers.items():
+                if str(key).lower() == "retry-after":
+                    return {"retry-after": str(value)}
+    return {}
+
+
+def _translate(exc: BaseException, deployment: str) -> TollgateError | None:
+    """litellm's exceptions → ours, in one place (as httpx's `map_httpcore_exceptions` does); None: not litellm's.
+
+    litellm's types do not say what happened: a refused connection to Anthropic arrives as a 500
+    `InternalServerError`, to Gemini as an `APIConnectionError`, and a broken translation as an
+    `APIConnectionError` too. So the causes are read first, the status second.
+    """
+    import httpx
+    import openai
+
+    chain = list(_chain(exc))
+    if any(isinstance(e, openai.APITimeoutError | httpx.TimeoutException | TimeoutError) for e in chain):
+        return UpstreamTimeout(f"The upstream of deployment {deployment!r} timed out.")
+    transport = (httpx.TransportError, aiohttp.ClientConnectionError, ConnectionError)
+    if any(isinstance(e, transport) for e in chain):
+        return UpstreamUnavailable(f"The upstream of deployment {deployment!r} could not be reached.")
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamUnavailable(f"The upstream of deployment {deployment!r} failed: {_provider_message(exc)}")
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, openai.OpenAIError) and isinstance(status, int) and 400 <= status <= 599:
+        return UpstreamError(
+            status,
+            _provider_message(exc),
+            type="rate_limit_error" if status == 429 else None,
+            headers=_retry_after(exc),
+        )
+    if isinstance(exc, openai.OpenAIError):
+        return UpstreamUnavailable(f"The upstream of deployment {deployment!r} failed: {_provider_message(exc)}")
+    return None
+
+
+@contextmanager
+def map_litellm_exceptions(deployment: str) -> Iterator[None]:
+    # Only litellm's own families are caught; anything else is a bug here or in litellm and should surface as one.
+    import httpx
+    import openai
+
+    try:
+        yield
+    except (openai.OpenAIError, httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
+        translated = _translate(exc, deployment)
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+def _error_response(error: UpstreamError) -> BufferedResponse:
+    headers = {**_JSON, **error.headers}
+    return BufferedResponse(error.status, headers, error_body(error.message, error.type, error.param, error.code))
+
+
+def _refusal(message: str, param: str | None = None) -> BufferedResponse:
+    return BufferedResponse(400, _JSON, error_body(message, "invalid_request_error", param, None))
+
+
+def _api_base(provider: str, api_base: str | None) -> str | None:
+    if api_base is None:
+        return None
+    base = api_base.rstrip("/")
+    # litellm appends /v1/messages to an Anthropic base (as Anthropic's SDK does), so an OpenAI-style base ending
+    # in /v1 would be asked for /v1/v1/messages.
+    if provider == "anthropic" and base.endswith("/v1"):
+        base = base.removesuffix("/v1")
+    return base
+
+
+class TranslatedProvider:
+    def __init__(self, name: str) -> None:
+        # `name` is litellm's provider prefix and, as litellm's names are OTel's, `gen_ai.provider.name`.
+        self.name = name
+        self._litellm = _litellm()
+
+    async def send(self, call: UpstreamCall) -> BufferedResponse:
+        function = _FUNCTIONS.get(call.endpoint)
+        if function is None:
+            return _refusal(f"The endpoint /v1/{call.endpoint} is not supported for provider {self.name!r}.")
+        fields = _FIELDS[call.endpoint]
+        arguments = {key: value for key, value in call.body.items() if key not in ("model", "stream")}
+        for key in arguments:
+            if key not in fields:
+                return _refusal(f"The field {key!r} is not supported for provider {self.name!r}.", param=key)
+        deployment = call.deployment
+        arguments.update(
+            model=f"{self.name}/{call.body['model']}",
+            api_base=_api_base(self.name, deployment.api_base),
+            api_key=deployment.api_key,
+            timeout=deployment.timeout,
+            # Retries and fallbacks are the proxy's: it knows the other deployments.
+            num_retries=0,
+        )
+        if deployment.api_version is not None:
+            arguments["api_version"] = deployment.api_version
+        headers = {**call.headers, **deployment.headers}
+        if headers:
+            arguments["extra_headers"] = headers
+        if call.endpoint != "embeddings":
+            arguments["stream"] = call.stream
+        try:
+            with map_litellm_exceptions(deployment.name):
+                result = await getattr(self._litellm, function)(**arguments)
+                if not call.stream or call.endpoint == "embeddings":
+                    return BufferedResponse(200, _JSON, orjson.dumps(result.model_dump()))
+                # Some providers only fail on the first chunk: read it here, while the proxy can still fall back.
+                first = await anext(aiter(result), None)
+        except UpstreamError as error:
+            return _error_response(error)
+        return BufferedResponse(200, _SSE, stream=self._relay(result, first, deployment.name))
+
+    @staticmethod
+    async def _relay(stream: Any, first: Any, deployment: str) -> AsyncIterator[bytes]:
+        try:
+            if first is None:
+                yield DONE
+                return
+            yield encode_event(first.model_dump(exclude_none=True))
+            with map_litellm_exceptions(deployment):
+                async for chunk in stream:
+                    yield encode_event(chunk.model_dump(exclude_none=True))
+            yield DONE
+        except TollgateError as error:
+            # The client already has a 200 and some events: the failure can only be reported in the stream.
+            yield error_event(error.message, error.type, error.code)
+        finally:
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def aclose(self) -> None:
+        # litellm pools its HTTP clients per event loop in a module-level cache; this closes them all.
+        await self._litellm.close_litellm_async_clients()
