@@ -4,7 +4,7 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# -- builder: a self-contained virtualenv with tollgate and its [providers] extra (no dev tools) ----------------
+# -- builder: a self-contained virtualenv with tollgate and its [providers,postgres] extras (no dev tools) ----------------
 FROM ${PYTHON_IMAGE} AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -20,7 +20,7 @@ COPY gateway/ gateway/
 COPY evaluators/ evaluators/
 # A local project, not a registry name: its dependency ranges live in pyproject.toml.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir '.[providers]'
+RUN pip install --no-cache-dir '.[providers,postgres]'
 
 # -- runtime ----------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

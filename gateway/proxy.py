@@ -143,8 +143,9 @@ class Proxy:
                 except (UpstreamTimeout, UpstreamUnavailable) as exc:
                     failure = exc
                     logger.info("deployment %s attempt %d failed: %s", deployment.name, attempt + 1, exc.message)
-                    # A refused connection rarely heals in milliseconds: prefer the next deployment when there is one.
-                    if has_fallback or not can_retry:
+                    # A refused connection rarely heals in milliseconds, and a timeout has already cost the client
+                    # the whole timeout: prefer the next deployment, and never wait out a timeout twice.
+                    if has_fallback or not can_retry or isinstance(exc, UpstreamTimeout):
                         break
                     await asyncio.sleep(backoff_delay(attempt, self.rng))
                     continue

@@ -69,6 +69,12 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _non_negative(value: float, name: str) -> float:
+    if value < 0:
+        raise SettingsError(f"{name} must be zero or more, got {value}")
+    return value
+
+
 def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
     env = dict(os.environ if env is None else env)
     admin_key = env.get("TOLLGATE_ADMIN_KEY") or None
@@ -82,7 +88,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         admin_key=admin_key,
         database_url=env.get("DATABASE_URL") or None,
         max_body_bytes=_int(env, "TOLLGATE_MAX_BODY_BYTES", 20 * 1024 * 1024),
-        key_cache_seconds=_float(env, "TOLLGATE_KEY_CACHE_SECONDS", 10.0),
+        key_cache_seconds=_non_negative(_float(env, "TOLLGATE_KEY_CACHE_SECONDS", 10.0), "TOLLGATE_KEY_CACHE_SECONDS"),
         log_level=env.get("TOLLGATE_LOG_LEVEL", "info").lower(),
         environ=env,
     )

@@ -13,7 +13,6 @@ from gateway import __version__
 from gateway.database import create_engine
 from gateway.keys.store import KeyStore, VirtualKey
 
-REPO = Path(__file__).resolve().parent.parent
 # Settings read the environment: give the CLI a clean one so nothing from the developer's shell leaks in.
 CLEAN_ENV = {
     name: value
@@ -22,16 +21,39 @@ CLEAN_ENV = {
 }
 
 
-def tollgate(*args: str, cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+HELP_COMMANDS = [("--help",), ("serve", "--help"), ("keys", "create", "--help")]
+
+
+def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, "-m", "gateway", *args],
         cwd=cwd,
         env=CLEAN_ENV,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        check=False,
     )
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        process.kill()
+        process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def tollgate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return finish(start(*args, cwd=cwd))
+
+
+@pytest.fixture(scope="module")
+def read_only_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
+    """`--version` and the help screens touch no state, so they run once, side by side (each start is slow)."""
+    cwd = tmp_path_factory.mktemp("cli")
+    processes = {args: start(*args, cwd=cwd) for args in [("--version",), *HELP_COMMANDS]}
+    return {args: finish(process) for args, process in processes.items()}
 
 
 async def seed_keys(data_dir: Path, *teams: str, budget: Decimal | None = None) -> list[tuple[str, VirtualKey]]:
@@ -57,16 +79,20 @@ def key_ids(listing: str) -> list[str]:
     return re.findall(r"^(key_\w+)", listing, flags=re.MULTILINE)
 
 
-def test_version_prints_the_version(tmp_path: Path) -> None:
-    result = tollgate("--version", cwd=tmp_path)
+def test_version_prints_the_version(
+    read_only_runs: dict[tuple[str, ...], subprocess.CompletedProcess[str]],
+) -> None:
+    result = read_only_runs[("--version",)]
 
     assert result.returncode == 0
     assert result.stdout.strip() == f"tollgate {__version__}"
 
 
-@pytest.mark.parametrize("args", [("--help",), ("serve", "--help"), ("keys", "create", "--help")])
-def test_help_exits_zero_and_describes_the_command(tmp_path: Path, args: tuple[str, ...]) -> None:
-    result = tollgate(*args, cwd=tmp_path)
+@pytest.mark.parametrize("args", HELP_COMMANDS, ids=" ".join)
+def test_help_exits_zero_and_describes_the_command(
+    read_only_runs: dict[tuple[str, ...], subprocess.CompletedProcess[str]], args: tuple[str, ...]
+) -> None:
+    result = read_only_runs[args]
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: tollgate")
@@ -121,8 +147,9 @@ async def test_a_revoked_key_leaves_the_list_but_shows_with_all(tmp_path: Path) 
     key_id = record.id
 
     revoked = tollgate("keys", "revoke", key_id, "--data-dir", str(tmp_path), cwd=tmp_path)
-    after = tollgate("keys", "list", "--data-dir", str(tmp_path), cwd=tmp_path)
-    everything = tollgate("keys", "list", "--all", "--data-dir", str(tmp_path), cwd=tmp_path)
+    listing = start("keys", "list", "--data-dir", str(tmp_path), cwd=tmp_path)
+    listing_all = start("keys", "list", "--all", "--data-dir", str(tmp_path), cwd=tmp_path)
+    after, everything = finish(listing), finish(listing_all)
 
     assert revoked.returncode == 0, revoked.stderr
     assert key_id in revoked.stderr
@@ -153,9 +180,7 @@ def test_a_bad_policy_file_stops_serve_with_the_file_and_key_path(tmp_path: Path
     policy = tmp_path / "bad.yaml"
     policy.write_text("models:\n  - alias: a\n    deployments:\n      - provider: mock\n        bogus: 1\n")
 
-    result = tollgate(
-        "serve", "--policy", str(policy), "--port", "1", "--data-dir", str(tmp_path), cwd=tmp_path, timeout=20
-    )
+    result = tollgate("serve", "--policy", str(policy), "--port", "1", "--data-dir", str(tmp_path), cwd=tmp_path)
 
     assert result.returncode == 2
     assert str(policy) in result.stderr

@@ -47,13 +47,22 @@ class AiohttpResponse:
         self.headers: Mapping[str, str] = response.headers
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
-        with map_aiohttp_exceptions(self._deployment):
-            async for chunk in self._response.content.iter_any():
-                yield chunk
+        try:
+            with map_aiohttp_exceptions(self._deployment):
+                async for chunk in self._response.content.iter_any():
+                    yield chunk
+        except BaseException:
+            # A broken or abandoned body must not go back to the pool.
+            self._response.close()
+            raise
 
     async def read(self) -> bytes:
-        with map_aiohttp_exceptions(self._deployment):
-            return await self._response.read()
+        try:
+            with map_aiohttp_exceptions(self._deployment):
+                return await self._response.read()
+        except BaseException:
+            self._response.close()
+            raise
 
     def close(self) -> None:
         self._response.close()

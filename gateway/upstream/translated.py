@@ -104,7 +104,6 @@ def _litellm() -> Any:
 
     litellm.telemetry = False
     litellm.suppress_debug_info = True
-    litellm.set_verbose = False
     # Tollgate meters, logs and traces every request itself; litellm's callbacks would do it twice.
     litellm.callbacks = []
     litellm.success_callback = []

@@ -124,7 +124,11 @@ def test_tool_calls_pass_through_both_ways(client: OpenAI, fake_openai: FakeOpen
             },
         }
     ]
-    tool_call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    tool_call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+    }
     fake_openai.enqueue(
         Reply(
             body={
@@ -301,7 +305,10 @@ def test_upstream_client_error_is_passed_through_with_its_message(client: OpenAI
     )
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="gpt-test", messages=MESSAGES)  # type: ignore[arg-type]
-    assert caught.value.message == f"Error code: 400 - {{'error': {{'message': \"{message}\", 'type': 'invalid_request_error', 'param': 'messages', 'code': None}}}}"  # noqa: E501
+    assert (
+        caught.value.message
+        == f"Error code: 400 - {{'error': {{'message': \"{message}\", 'type': 'invalid_request_error', 'param': 'messages', 'code': None}}}}"
+    )  # noqa: E501
     assert len(fake_openai.calls()) == 1
 
 

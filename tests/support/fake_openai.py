@@ -40,6 +40,7 @@ class Recorded:
     path: str
     headers: dict[str, str]
     json: Any
+    query: dict[str, str] = field(default_factory=dict)
 
 
 def chat_completion(model: str, text: str, n: int = 1, prompt_tokens: int = 11) -> dict[str, Any]:
@@ -74,7 +75,11 @@ def chat_stream_events(model: str, text: str, include_usage: bool, prompt_tokens
         events.append(event({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}))
     events.append(event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
     if include_usage:
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words), "total_tokens": prompt_tokens + len(words)}
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(words),
+            "total_tokens": prompt_tokens + len(words),
+        }
         events.append(event({"choices": [], "usage": usage}))
     events.append(b"data: [DONE]\n\n")
     return events
@@ -146,7 +151,9 @@ class FakeOpenAI:
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             body = None
-        self.requests.append(Recorded(request.path, {k.lower(): v for k, v in request.headers.items()}, body))
+        self.requests.append(
+            Recorded(request.path, {k.lower(): v for k, v in request.headers.items()}, body, dict(request.query))
+        )
         with self._lock:
             reply = self.script.popleft() if self.script else Reply()
         if reply.delay:

@@ -111,8 +111,16 @@ def gateway_process(
     log_path = data_dir / f"gateway-{port}.log"
     environ = {**os.environ, "TOLLGATE_ADMIN_KEY": ADMIN_KEY, **(env or {})}
     command = [
-        sys.executable, "-m", "gateway", "serve", "--policy", str(policy_path), "--port", str(port),
-        "--data-dir", str(data_dir),
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--policy",
+        str(policy_path),
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
     ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environ)

@@ -32,6 +32,14 @@ class LoopThread:
         return self.run(wrapper(), timeout)
 
     def stop(self) -> None:
+        async def cancel_the_rest() -> None:
+            current = asyncio.current_task()
+            tasks = [task for task in asyncio.all_tasks() if task is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.run(cancel_the_rest())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
