@@ -133,9 +133,7 @@ class Tollgate:
         elif path.startswith("/admin/keys/"):
             key_id, _, action = path[len("/admin/keys/") :].partition("/")
             if (method, action) not in (("DELETE", ""), ("POST", "revoke")):
-                raise MethodNotAllowed(
-                    "Revoke a key with DELETE /admin/keys/{id} or POST /admin/keys/{id}/revoke."
-                )
+                raise MethodNotAllowed("Revoke a key with DELETE /admin/keys/{id} or POST /admin/keys/{id}/revoke.")
             await self.admin.revoke(key_id, scope, receive, send)
         else:
             raise NotFound(f"Unknown path {path}.")

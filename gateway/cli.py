@@ -10,10 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import __version__
-from gateway.admin import parse_budget, valid_team
-from gateway.database import create_engine
 from gateway.exceptions import InvalidRequest
-from gateway.keys.store import KeyStore
 from gateway.policy import PolicyError, load_policy
 from gateway.settings import Settings, SettingsError, settings_from_env
 
@@ -39,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(serve)
 
     keys = commands.add_parser("keys", help="manage virtual keys", description="Manage virtual keys.")
-    key_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION")
+    key_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     create = key_commands.add_parser(
         "create", help="create a key for a team", description="Create a key; it is printed once, on stdout."
     )
@@ -102,6 +99,11 @@ def serve(settings: Settings, access_log: bool) -> int:
 
 
 async def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here so `tollgate --version` and `--help` don't pay for SQLAlchemy.
+    from gateway.admin import parse_budget, valid_team
+    from gateway.database import create_engine
+    from gateway.keys.store import KeyStore
+
     engine = create_engine(settings.store_url)
     store = KeyStore(engine)
     try:
@@ -141,8 +143,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return serve(settings, args.access_log)
         if args.command == "keys":
-            if args.keys_command is None:
-                parser.parse_args(["keys", "--help"])
             return asyncio.run(_keys(args, settings))
     except (SettingsError, PolicyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

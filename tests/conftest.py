@@ -9,7 +9,7 @@ import pytest
 # tests/support holds the fakes and process helpers shared by every test module.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support.fake_openai import FakeOpenAI  # noqa: E402
+from support.fake_openai import FakeOpenAI
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from support.threads import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

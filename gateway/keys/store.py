@@ -15,9 +15,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, select, update
+from sqlalchemy import Column, MetaData, Row, String, Table, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.database import UTCDateTime
 
 KEY_PREFIX = "tg-"
 
@@ -34,8 +37,8 @@ virtual_keys = Table(
     Column("name", String(200), nullable=True),
     # Decimal as text: exact on every backend (SQLite has no decimal type).
     Column("budget_usd", String(40), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
 )
 
 
@@ -62,7 +65,7 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def _row_to_key(row: object) -> VirtualKey:
+def _row_to_key(row: Row[Any]) -> VirtualKey:
     budget = row.budget_usd
     return VirtualKey(
         id=row.id,

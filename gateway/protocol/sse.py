@@ -18,6 +18,12 @@ def error_event(message: str, type: str = "api_error", code: str | None = None) 
     return encode_event({"error": {"message": message, "type": type, "param": None, "code": code}})
 
 
+def _field_value(line: bytes) -> bytes:
+    # The SSE spec removes exactly one space after the colon.
+    value = line[5:]
+    return value[1:] if value.startswith(b" ") else value
+
+
 class EventSplitter:
     """Reassembles SSE events from arbitrary byte fragments.
 
@@ -31,12 +37,18 @@ class EventSplitter:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         buffer = self._buffer + chunk
+        held = b""
+        if buffer.endswith(b"\r") and not buffer.endswith(b"\r\r"):
+            # A CRLF may be cut between its two bytes: keep the CR until we know what follows it. (After a CR pair
+            # the event has ended whatever follows: a stray LF only adds a blank line, which SSE ignores.)
+            buffer, held = buffer[:-1], b"\r"
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        *events, self._buffer = buffer.split(b"\n\n")
+        *events, rest = buffer.split(b"\n\n")
+        self._buffer = rest + held
         payloads = []
         for event in events:
-            data = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+            data = [_field_value(line) for line in event.split(b"\n") if line.startswith(b"data:")]
             if data:
                 payloads.append(b"\n".join(data))
         return payloads

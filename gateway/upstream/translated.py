@@ -9,7 +9,9 @@ module is: it costs seconds and ~160 MB, and most gateways never need it.
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
@@ -116,33 +118,42 @@ def _litellm() -> Any:
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """The exception and what caused it: litellm wraps transport errors, often in a status error (see below)."""
+    """The exception and what it was raised while handling: litellm re-raises transport errors as its own."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         yield current
-        original = getattr(current, "original_exception", None)
-        if isinstance(original, BaseException) and id(original) not in seen:
-            yield from _chain(original)
         current = current.__cause__ or current.__context__
 
 
-def _provider_message(exc: BaseException) -> str:
-    """The provider's own error message when litellm kept its JSON body, else litellm's message."""
-    message = str(getattr(exc, "message", None) or exc)
-    # litellm's messages read "litellm.RateLimitError: AnthropicException - {provider's body}".
-    _, _, detail = message.partition(" - ")
+# What litellm puts before the provider's words: "litellm.RateLimitError: AnthropicException - ".
+_LITELLM_PREFIXES = re.compile(r"^(?:litellm\.\w+: |\w+(?:Exception|Error) - )+")
+
+
+def _json_error_message(text: str) -> str | None:
+    """`error.message` (or `message`) of a provider's JSON error body, which litellm quotes as text or as bytes."""
     try:
-        body = orjson.loads(detail)
-    except orjson.JSONDecodeError:
-        return message
-    error = body.get("error", body) if isinstance(body, dict) else None
+        raw = ast.literal_eval(text) if text.startswith(("b'", 'b"')) else text
+        body = orjson.loads(raw)
+    except (ValueError, SyntaxError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error", body)
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return str(error["message"])
-    if isinstance(error, str):
-        return error
-    return message
+    return error if isinstance(error, str) else None
+
+
+def _provider_message(exc: BaseException) -> str:
+    message = str(getattr(exc, "message", None) or exc)
+    _, separator, detail = message.partition(" - ")
+    provider_message = _json_error_message(detail) if separator else None
+    if provider_message is not None:
+        return provider_message
+    # litellm appends tracebacks and bug-report links to some messages: neither is for the client.
+    return _LITELLM_PREFIXES.sub("", message.split("\n", 1)[0])
 
 
 def _retry_after(exc: BaseException) -> dict[str, str]:
@@ -161,45 +172,48 @@ def _retry_after(exc: BaseException) -> dict[str, str]:
 
 
 def _translate(exc: BaseException, deployment: str) -> TollgateError | None:
-    """litellm's exceptions → ours, in one place (as httpx's `map_httpcore_exceptions` does); None: not litellm's.
+    """litellm's exceptions → ours; None for an exception litellm did not make (a bug, to be raised as is).
 
     litellm's types do not say what happened: a refused connection to Anthropic arrives as a 500
-    `InternalServerError`, to Gemini as an `APIConnectionError`, and a broken translation as an
-    `APIConnectionError` too. So the causes are read first, the status second.
+    `InternalServerError`, to Gemini as an `APIConnectionError`; a stream that fails as a 503
+    `MidStreamFallbackError` around the real error; a broken translation as an `APIConnectionError`. So the
+    causes are read first and the status last.
     """
     import httpx
     import openai
 
+    original = getattr(exc, "original_exception", None)
+    if isinstance(original, openai.OpenAIError):
+        exc = original
     chain = list(_chain(exc))
+    name = repr(deployment)
     if any(isinstance(e, openai.APITimeoutError | httpx.TimeoutException | TimeoutError) for e in chain):
-        return UpstreamTimeout(f"The upstream of deployment {deployment!r} timed out.")
-    transport = (httpx.TransportError, aiohttp.ClientConnectionError, ConnectionError)
-    if any(isinstance(e, transport) for e in chain):
-        return UpstreamUnavailable(f"The upstream of deployment {deployment!r} could not be reached.")
-    if isinstance(exc, openai.APIConnectionError):
-        return UpstreamUnavailable(f"The upstream of deployment {deployment!r} failed: {_provider_message(exc)}")
+        return UpstreamTimeout(f"The upstream of deployment {name} timed out.")
+    if any(isinstance(e, httpx.ConnectError | aiohttp.ClientConnectorError | ConnectionRefusedError) for e in chain):
+        return UpstreamUnavailable(f"The upstream of deployment {name} could not be reached.")
+    dropped = httpx.TransportError | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | ConnectionError
+    if any(isinstance(e, dropped) for e in chain):
+        return UpstreamUnavailable(f"The upstream of deployment {name} closed the connection early.")
+    if not isinstance(exc, openai.OpenAIError):
+        return None
     status = getattr(exc, "status_code", None)
-    if isinstance(exc, openai.OpenAIError) and isinstance(status, int) and 400 <= status <= 599:
-        return UpstreamError(
-            status,
-            _provider_message(exc),
-            type="rate_limit_error" if status == 429 else None,
-            headers=_retry_after(exc),
-        )
-    if isinstance(exc, openai.OpenAIError):
-        return UpstreamUnavailable(f"The upstream of deployment {deployment!r} failed: {_provider_message(exc)}")
-    return None
+    if isinstance(exc, openai.APIConnectionError) or not isinstance(status, int) or not 400 <= status <= 599:
+        return UpstreamUnavailable(f"The upstream of deployment {name} failed: {_provider_message(exc)}")
+    return UpstreamError(
+        status, _provider_message(exc), type="rate_limit_error" if status == 429 else None, headers=_retry_after(exc)
+    )
 
 
 @contextmanager
 def map_litellm_exceptions(deployment: str) -> Iterator[None]:
-    # Only litellm's own families are caught; anything else is a bug here or in litellm and should surface as one.
+    """Translates what litellm raises, in one place (as httpx's `map_httpcore_exceptions` does)."""
     import httpx
     import openai
 
     try:
         yield
-    except (openai.OpenAIError, httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
+    # litellm's own families and the transport errors it lets through; anything else is a bug and stays one.
+    except (openai.OpenAIError, httpx.HTTPError, aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
         translated = _translate(exc, deployment)
         if translated is None:
             raise
@@ -226,9 +240,16 @@ def _api_base(provider: str, api_base: str | None) -> str | None:
     return base
 
 
+async def _aclose(stream: Any) -> None:
+    # Releases the upstream connection now rather than when the stream is collected.
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
+
+
 class TranslatedProvider:
     def __init__(self, name: str) -> None:
-        # `name` is litellm's provider prefix and, as litellm's names are OTel's, `gen_ai.provider.name`.
+        # litellm's provider prefix, which is also what the proxy reports as `gen_ai.provider.name`.
         self.name = name
         self._litellm = _litellm()
 
@@ -260,13 +281,26 @@ class TranslatedProvider:
         try:
             with map_litellm_exceptions(deployment.name):
                 result = await getattr(self._litellm, function)(**arguments)
-                if not call.stream or call.endpoint == "embeddings":
-                    return BufferedResponse(200, _JSON, orjson.dumps(result.model_dump()))
-                # Some providers only fail on the first chunk: read it here, while the proxy can still fall back.
-                first = await anext(aiter(result), None)
+            if not call.stream or call.endpoint == "embeddings":
+                return BufferedResponse(200, _JSON, orjson.dumps(result.model_dump()))
+            first = await self._first_chunk(result, deployment.name)
         except UpstreamError as error:
             return _error_response(error)
         return BufferedResponse(200, _SSE, stream=self._relay(result, first, deployment.name))
+
+    @staticmethod
+    async def _first_chunk(stream: Any, deployment: str) -> Any:
+        """The first chunk, or None for an empty stream.
+
+        Some providers' errors only surface on the first chunk: reading it here turns them into an error response
+        or exception while the proxy can still retry or fall back.
+        """
+        try:
+            with map_litellm_exceptions(deployment):
+                return await anext(aiter(stream), None)
+        except BaseException:
+            await _aclose(stream)
+            raise
 
     @staticmethod
     async def _relay(stream: Any, first: Any, deployment: str) -> AsyncIterator[bytes]:
@@ -283,9 +317,7 @@ class TranslatedProvider:
             # The client already has a 200 and some events: the failure can only be reported in the stream.
             yield error_event(error.message, error.type, error.code)
         finally:
-            close = getattr(stream, "aclose", None)
-            if close is not None:
-                await close()
+            await _aclose(stream)
 
     async def aclose(self) -> None:
         # litellm pools its HTTP clients per event loop in a module-level cache; this closes them all.
