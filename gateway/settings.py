@@ -33,8 +33,19 @@ class Settings:
     # Seconds a key lookup is trusted before revocations made elsewhere (CLI, another replica) are re-read.
     key_cache_seconds: float = 10.0
     log_level: str = "info"
+    # Redis for counters shared by several replicas (budgets, rate limits); None: in-process counters.
+    redis_url: str | None = field(default=None, repr=False)
+    # Raw usage records older than this are deleted (daily rollups are kept); 0 keeps them forever.
+    ledger_retention_days: int = 0
+    ledger_batch_size: int = 500
+    ledger_flush_seconds: float = 0.5
     # The environment as captured at start: policy files expand ${VAR} from it and read provider keys from it.
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def journal_dir(self) -> Path:
+        """Where usage records are appended before they reach the database (DESIGN.md §3)."""
+        return self.data_dir / "journal"
 
     @property
     def store_url(self) -> str:
@@ -46,7 +57,7 @@ class Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -54,8 +65,8 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{name} must be positive, got {value}")
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
     return value
 
 
@@ -90,5 +101,11 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         max_body_bytes=_int(env, "TOLLGATE_MAX_BODY_BYTES", 20 * 1024 * 1024),
         key_cache_seconds=_non_negative(_float(env, "TOLLGATE_KEY_CACHE_SECONDS", 10.0), "TOLLGATE_KEY_CACHE_SECONDS"),
         log_level=env.get("TOLLGATE_LOG_LEVEL", "info").lower(),
+        redis_url=env.get("REDIS_URL") or None,
+        ledger_retention_days=_int(env, "TOLLGATE_LEDGER_RETENTION_DAYS", 0, minimum=0),
+        ledger_batch_size=_int(env, "TOLLGATE_LEDGER_BATCH_SIZE", 500),
+        ledger_flush_seconds=_non_negative(
+            _float(env, "TOLLGATE_LEDGER_FLUSH_SECONDS", 0.5), "TOLLGATE_LEDGER_FLUSH_SECONDS"
+        ),
         environ=env,
     )

@@ -11,6 +11,10 @@ from gateway.requests import header
 from gateway.types import ASGIApp, Receive, Scope, Send
 
 VIRTUAL_KEY = "tollgate.key"
+# Set (True) when the caller presented the admin key; admin may read every team's reports but not call models.
+ADMIN = "tollgate.admin"
+# Paths under /v1 where the admin key is accepted as well as a virtual key.
+ADMIN_READABLE_PREFIXES = ("/v1/reports/", "/v1/reviews", "/v1/feedback")
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 
 
@@ -52,6 +56,10 @@ class AuthMiddleware:
                 raise AuthenticationFailed("Admin endpoints are disabled: set TOLLGATE_ADMIN_KEY to enable them.")
             if not self.is_admin(token):
                 raise AuthenticationFailed("Incorrect admin key provided.")
+            await self.app(scope, receive, send)
+            return
+        if scope["path"].startswith(ADMIN_READABLE_PREFIXES) and self.is_admin(token):
+            scope[ADMIN] = True
             await self.app(scope, receive, send)
             return
         record = await self.keys.authenticate(token)

@@ -25,13 +25,12 @@ from gateway.exceptions import TollgateError, UpstreamError, UpstreamTimeout, Up
 from gateway.protocol.sse import DONE, encode_event, error_event
 from gateway.upstream.base import BufferedResponse, UpstreamCall
 
-# The message of that pydantic warning (see `_litellm`).
+# The pydantic warning `_litellm` silences; public because pytest resets warning filters for each test.
 READONLY_WARNING = r"Item '.*' on TypedDict class '.*' is using the `ReadOnly` qualifier"
 
 _JSON = {"content-type": "application/json"}
 _SSE = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 
-# The litellm coroutine serving each OpenAI endpoint.
 _FUNCTIONS = {"chat/completions": "acompletion", "completions": "atext_completion", "embeddings": "aembedding"}
 
 # The request fields forwarded to litellm, per endpoint. litellm takes the body as keyword arguments, and many of

@@ -72,11 +72,14 @@ def _wait_for_katan(katan: Katan, deadline: float) -> None:
 
 @pytest.fixture(scope="module")
 def katan() -> Iterator[Katan]:
+    executable = Path(sys.executable).with_name("llm-katan")
+    if not executable.exists():
+        pytest.fail("llm-katan is not installed (it is in the dev extra): pip install -e '.[dev]'")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="tollgate-katan-") as tmp:
         log_path = Path(tmp) / "katan.log"
         command = [
-            str(Path(sys.executable).with_name("llm-katan")),
+            str(executable),
             "--model", "echo-model",
             "--backend", "echo",
             "--host", "127.0.0.1",

@@ -1,0 +1,1 @@
+"""Metering: usage, cost, the ledger, budgets and reports."""
