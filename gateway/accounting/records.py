@@ -47,7 +47,7 @@ class UsageRecord:
         """One journal line. Decimal as a string so no digit is lost."""
         return orjson.dumps(
             {
-                **{name: getattr(self, name) for name in self.__slots__},  # type: ignore[attr-defined]
+                **{name: getattr(self, name) for name in self.__slots__},
                 "created_at": self.created_at.isoformat(),
                 "cost_usd": str(self.cost_usd) if self.cost_usd is not None else None,
                 "tags": dict(self.tags),
