@@ -9,21 +9,17 @@ is chosen by the model name, as the mock provider's is.
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
+from support.katan import Katan, start_katan
+from support.threads import free_port
 
 from gateway.exceptions import TollgateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.routing import Deployment
@@ -35,76 +31,15 @@ pytestmark = pytest.mark.filterwarnings(f"ignore:{READONLY_WARNING}:UserWarning"
 
 REPO = Path(__file__).resolve().parents[2]
 MESSAGES = [{"role": "user", "content": "Hello there"}]
-KATAN_PROVIDERS = "anthropic,vertexai,bedrock"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- llm-katan ---------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Katan:
-    url: str  # http://127.0.0.1:PORT, no path: each provider's API lives under its own prefix
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-
-def _wait_for_katan(katan: Katan, deadline: float) -> None:
-    last_error = "not started"
-    while time.monotonic() < deadline:
-        if katan.process.poll() is not None:
-            raise RuntimeError(f"llm-katan exited while starting:\n{katan.log_path.read_text(errors='replace')}")
-        try:
-            with urllib.request.urlopen(katan.url + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError) as exc:
-            last_error = repr(exc)
-        time.sleep(0.05)
-    raise RuntimeError(f"llm-katan not ready in time ({last_error})")
-
-
 @pytest.fixture(scope="module")
 def katan() -> Iterator[Katan]:
-    executable = Path(sys.executable).with_name("llm-katan")
-    if not executable.exists():
-        pytest.fail("llm-katan is not installed (it is in the dev extra): pip install -e '.[dev]'")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="tollgate-katan-") as tmp:
-        log_path = Path(tmp) / "katan.log"
-        command = [
-            str(executable),
-            "--model", "echo-model",
-            "--backend", "echo",
-            "--host", "127.0.0.1",
-            "--port", str(port),
-            "--providers", KATAN_PROVIDERS,
-            # Its default is ~/.llm-katan/stats.json: keep test runs out of the home directory.
-            "--stats-file", str(Path(tmp) / "stats.json"),
-            "--disable-dashboard",
-            "--log-level", "warning",
-        ]  # fmt: skip
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        server = Katan(f"http://127.0.0.1:{port}", process, log_path)
-        try:
-            _wait_for_katan(server, time.monotonic() + 30)
-            yield server
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with start_katan() as server:
+        yield server
 
 
 # --- a fake Anthropic for the failures ---------------------------------------------------------------------------
