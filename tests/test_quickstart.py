@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from support.threads import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

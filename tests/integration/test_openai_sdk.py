@@ -9,6 +9,7 @@ import openai
 import orjson
 import pytest
 from openai import OpenAI
+
 from support.fake_openai import FakeOpenAI, Reply, chat_stream_events
 from support.gateway import RunningGateway, run_gateway
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
+
 from support.model_server import ModelServer, start_model_server
 
 pytestmark = pytest.mark.slow

@@ -8,6 +8,7 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
+
 from support.fake_openai import FakeOpenAI, Reply, chat_stream_events
 from support.gateway import RunningGateway, run_gateway
 from support.threads import free_port

@@ -7,13 +7,13 @@ from typing import Any
 
 import orjson
 import pytest
-from support.fake_openai import FakeOpenAI, Reply
-from support.threads import free_port
 
 from gateway.exceptions import UpstreamTimeout, UpstreamUnavailable
 from gateway.routing import Deployment
 from gateway.upstream.base import UpstreamCall
 from gateway.upstream.openai_compatible import OpenAICompatibleProvider, new_session
+from support.fake_openai import FakeOpenAI, Reply
+from support.threads import free_port
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -18,13 +18,13 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from support.katan import Katan, start_katan
-from support.threads import free_port
 
 from gateway.exceptions import TollgateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.routing import Deployment
 from gateway.upstream.base import BufferedResponse, UpstreamCall
 from gateway.upstream.translated import READONLY_WARNING, TranslatedProvider, map_litellm_exceptions
+from support.katan import Katan, start_katan
+from support.threads import free_port
 
 # pytest resets warning filters for each test, dropping the one the provider installs for this pydantic warning.
 pytestmark = pytest.mark.filterwarnings(f"ignore:{READONLY_WARNING}:UserWarning")
