@@ -1,0 +1,1 @@
+"""OpenTelemetry traces (GenAI semantic conventions) and Prometheus metrics."""
