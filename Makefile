@@ -36,3 +36,43 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# -- heavy test backends, each in its own place so they never touch the project's venv ------------------------------
+.PHONY: phoenix-venv prometheus-bin
+
+# Arize Phoenix (a real trace backend for the telemetry tests) in its own virtualenv: ~850 MB, installed once.
+PHOENIX_VERSION := 20.26.1
+PHOENIX_VENV := .venv-phoenix
+PHOENIX_STAMP := $(PHOENIX_VENV)/.installed-$(PHOENIX_VERSION)
+
+$(PHOENIX_STAMP):
+	rm -rf $(PHOENIX_VENV)
+	$(PYTHON) -m venv $(PHOENIX_VENV)
+	$(PHOENIX_VENV)/bin/pip install -q --upgrade pip
+	$(PHOENIX_VENV)/bin/pip install -q 'arize-phoenix==$(PHOENIX_VERSION)'
+	touch $@
+
+phoenix-venv: $(PHOENIX_STAMP)
+
+# Debian's prometheus for the scrape test. Installed only when missing; the package's service is never started
+# (a policy-rc.d that refuses, the Docker way, for the length of the install) so nothing stays bound to :9090.
+prometheus-bin:
+	@if [ -x /usr/bin/prometheus ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "prometheus-bin: /usr/bin/prometheus is missing and installing it needs root:" >&2; \
+		echo "    sudo apt-get update && sudo apt-get install -y --no-install-recommends prometheus" >&2; \
+		exit 1; \
+	fi; \
+	set -e; \
+	made_policy=; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+		printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1; \
+	fi; \
+	trap '[ -z "$$made_policy" ] || rm -f /usr/sbin/policy-rc.d' EXIT; \
+	apt-get update -q; \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; \
+	if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then \
+		systemctl disable --now prometheus >/dev/null 2>&1 || true; \
+	fi; \
+	if command -v service >/dev/null 2>&1; then service prometheus stop >/dev/null 2>&1 || true; fi; \
+	test -x /usr/bin/prometheus

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -32,11 +33,44 @@ class TeamPolicy:
     models: tuple[str, ...] | None
 
 
+Period = Literal["day", "month"]
+PERIODS: tuple[Period, ...] = ("day", "month")
+# In `limits.teams`, the rules every team not listed by name gets (each team still has its own counters).
+ANY_TEAM = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRule:
+    """Budget and rate limits for one team, or the defaults for every key. None means no such limit."""
+
+    budget_usd: Decimal | None = None
+    # UTC calendar period the budget covers.
+    period: Period = "month"
+    rpm: int | None = None
+    tpm: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.budget_usd is None and self.rpm is None and self.tpm is None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    teams: Mapping[str, LimitRule] = field(default_factory=dict)
+    # Applied to every key; a key's own budget_usd (set at creation) replaces `keys.budget_usd`.
+    keys: LimitRule = LimitRule()
+
+    @property
+    def empty(self) -> bool:
+        return not self.teams and self.keys.empty
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     source: str
     routes: tuple[ModelRoute, ...]
     teams: Mapping[str, TeamPolicy]
+    limits: Limits = Limits()
 
     def router(self) -> Router:
         return Router(self.routes)
@@ -101,6 +135,18 @@ class _Reader:
             raise self.fail(path, "expected a list of strings")
         return tuple(self.string(item, f"{path}[{i}]") for i, item in enumerate(value))
 
+    def money(self, value: Any, path: str) -> Decimal:
+        """A positive USD amount. Floats go through str() so `0.1` means 0.1, not its binary neighbour."""
+        parsed: Decimal | None = None
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
+            try:
+                parsed = Decimal(str(value).strip())
+            except InvalidOperation:
+                parsed = None
+        if parsed is None or not parsed.is_finite() or parsed <= 0:
+            raise self.fail(path, "expected a positive amount in USD")
+        return parsed
+
     def string_map(self, value: Any, path: str) -> dict[str, str]:
         if not isinstance(value, dict):
             raise self.fail(path, "expected a mapping of strings")
@@ -108,6 +154,7 @@ class _Reader:
 
 
 _DEFAULT_KEYS = ("timeout", "retries")
+_LIMIT_KEYS = ("budget_usd", "period", "rpm", "tpm")
 _DEPLOYMENT_KEYS = (
     "name",
     "provider",
@@ -126,7 +173,7 @@ def parse_policy(data: Any, source: str, env: Mapping[str, str]) -> Policy:
     reader = _Reader(source, env)
     if data is None:
         data = {}
-    top = reader.mapping(data, "policy", ("version", "defaults", "models", "teams"))
+    top = reader.mapping(data, "policy", ("version", "defaults", "models", "teams", "limits"))
     if "version" in top and top["version"] != 1:
         raise reader.fail("policy.version", "only version 1 is supported")
     defaults = reader.mapping(top.get("defaults", {}), "defaults", _DEFAULT_KEYS)
@@ -189,7 +236,33 @@ def parse_policy(data: Any, source: str, env: Mapping[str, str]) -> Policy:
         team = reader.mapping(raw_team or {}, tpath, ("models",))
         models = reader.strings(team["models"], f"{tpath}.models") if "models" in team else None
         teams[str(name)] = TeamPolicy(name=str(name), models=models)
-    return Policy(source=source, routes=tuple(routes), teams=teams)
+    limits = _parse_limits(reader, top["limits"]) if "limits" in top else Limits()
+    return Policy(source=source, routes=tuple(routes), teams=teams, limits=limits)
+
+
+def _parse_limit_rule(reader: _Reader, value: Any, path: str) -> LimitRule:
+    raw = reader.mapping(value if value is not None else {}, path, _LIMIT_KEYS)
+    period = raw.get("period", "month")
+    if period not in PERIODS:
+        raise reader.fail(f"{path}.period", f"expected one of: {', '.join(PERIODS)}")
+    return LimitRule(
+        budget_usd=reader.money(raw["budget_usd"], f"{path}.budget_usd") if "budget_usd" in raw else None,
+        period=period,
+        rpm=reader.integer(raw["rpm"], f"{path}.rpm", 1) if "rpm" in raw else None,
+        tpm=reader.integer(raw["tpm"], f"{path}.tpm", 1) if "tpm" in raw else None,
+    )
+
+
+def _parse_limits(reader: _Reader, value: Any) -> Limits:
+    raw = reader.mapping(value if value is not None else {}, "limits", ("teams", "keys"))
+    raw_teams = raw.get("teams") or {}
+    if not isinstance(raw_teams, dict):
+        raise reader.fail("limits.teams", "expected a mapping of team name to limits")
+    return Limits(
+        # A team listed with no rules stays listed: it opts that team out of the "*" rules.
+        teams={str(name): _parse_limit_rule(reader, rule, f"limits.teams.{name}") for name, rule in raw_teams.items()},
+        keys=_parse_limit_rule(reader, raw.get("keys"), "limits.keys"),
+    )
 
 
 def load_policy(path: Path, env: Mapping[str, str]) -> Policy:

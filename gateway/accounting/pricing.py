@@ -68,13 +68,11 @@ class Price:
         cls, input: Rate, output: Rate = 0, *, cached_input: Rate | None = None, reasoning: Rate | None = None
     ) -> Price:
         """From USD per million tokens, the unit price lists use."""
-
-        def scale(rate: Rate | None) -> Decimal | None:
-            return None if rate is None else to_decimal(rate) / PER_MILLION
-
-        price = cls.per_token(scale(input) or 0, scale(output) or 0)
         return cls.per_token(
-            price.input, price.output, cached_input=scale(cached_input), reasoning=scale(reasoning)
+            to_decimal(input) / PER_MILLION,
+            to_decimal(output) / PER_MILLION,
+            cached_input=None if cached_input is None else to_decimal(cached_input) / PER_MILLION,
+            reasoning=None if reasoning is None else to_decimal(reasoning) / PER_MILLION,
         )
 
 
@@ -113,29 +111,25 @@ def format_usd(amount: Decimal | None, places: int = 6) -> str:
 def _same_provider(provider: str, listed: str) -> bool:
     """Whether a gateway provider kind names litellm's `litellm_provider` (openai ~ text-completion-openai,
     bedrock ~ bedrock_converse, vertex_ai ~ vertex_ai-language-models)."""
-    return (
-        listed == provider
-        or listed.startswith((provider + "_", provider + "-"))
-        or listed.endswith("-" + provider)
-    )
+    return listed == provider or listed.startswith((provider + "_", provider + "-")) or listed.endswith("-" + provider)
 
 
 def _entry_price(entry: Mapping[str, Any]) -> Price | None:
     mode = entry.get("mode")
     if mode is not None and mode not in TOKEN_MODES:
         return None
-    input_rate = entry.get("input_cost_per_token")
-    output_rate = entry.get("output_cost_per_token")
-    if output_rate is None and mode == "embedding":
-        output_rate = 0
-    rates = (input_rate, output_rate, entry.get("cache_read_input_token_cost"))
-    if input_rate is None or output_rate is None:
+    rates = {
+        "input": entry.get("input_cost_per_token"),
+        "output": entry.get("output_cost_per_token", 0 if mode == "embedding" else None),
+        "cached_input": entry.get("cache_read_input_token_cost"),
+        "reasoning": entry.get("output_cost_per_reasoning_token"),
+    }
+    if rates["input"] is None or rates["output"] is None:
         return None
-    reasoning = entry.get("output_cost_per_reasoning_token")
-    if not all(isinstance(rate, Decimal | int | None) and not isinstance(rate, bool) for rate in (*rates, reasoning)):
+    if any(isinstance(rate, bool) or not isinstance(rate, Decimal | int | None) for rate in rates.values()):
         return None
     try:
-        return Price.per_token(input_rate, output_rate, cached_input=rates[2], reasoning=reasoning)
+        return Price.per_token(**rates)
     except ValueError:
         return None
 
@@ -157,7 +151,9 @@ class PriceBook:
         self.source = source
 
     @classmethod
-    def from_json(cls, data: bytes | str, overrides: Mapping[str, Price] | None = None, source: str | None = None) -> PriceBook:
+    def from_json(
+        cls, data: bytes | str, overrides: Mapping[str, Price] | None = None, source: str | None = None
+    ) -> PriceBook:
         # parse_float=Decimal builds each rate from its JSON text: exact. (orjson would give binary floats.)
         entries = json.loads(data, parse_float=Decimal)
         prices: dict[str, tuple[Price, str]] = {}

@@ -319,5 +319,7 @@ def count_completion(text: str, tool_calls: Iterable[tuple[str, str]], model: st
     encoding = encoding_for_model(model)
     total = len(encoding.encode_ordinary(text)) if text else 0
     for name, arguments in tool_calls:
-        total += OUTPUT_TOOL_CALL_FRAMING + len(encoding.encode_ordinary(name)) + len(encoding.encode_ordinary(arguments))
+        total += (
+            OUTPUT_TOOL_CALL_FRAMING + len(encoding.encode_ordinary(name)) + len(encoding.encode_ordinary(arguments))
+        )
     return total

@@ -1,0 +1,77 @@
+"""Prometheus metrics, each in its own registry so two gateways in one process never share counters.
+
+Label values are bounded: aliases and deployments come from the policy, teams from issued keys, models from
+upstream answers that succeeded; never request ids or end-user ids.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway.telemetry.attributes import DURATION_BUCKETS, TOKEN_USAGE_BUCKETS
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+TTFC_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.token_usage = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens used per operation (gen_ai.client.token.usage)",
+            ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_token_type", "team"],
+            buckets=TOKEN_USAGE_BUCKETS,
+            registry=r,
+        )
+        self.operation_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "Duration of an upstream operation, to the last byte (gen_ai.client.operation.duration)",
+            ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "error_type"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.time_to_first_chunk = Histogram(
+            "gen_ai_client_operation_time_to_first_chunk_seconds",
+            "Time from the request to the first streamed chunk",
+            ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"],
+            buckets=TTFC_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "tollgate_requests", "Proxied requests by response status", ["status", "alias", "team"], registry=r
+        )
+        self.cost = Counter("tollgate_cost_usd", "Cost of upstream calls in US dollars", ["team", "model"], registry=r)
+        self.unpriced = Counter(
+            "tollgate_unpriced_requests", "Requests whose model has no price", ["team", "model"], registry=r
+        )
+        self.attempts = Counter(
+            "tollgate_upstream_attempts", "Upstream attempts by outcome", ["deployment", "outcome"], registry=r
+        )
+        self.retries = Counter(
+            "tollgate_upstream_retries", "Retries on one deployment", ["deployment"], registry=r
+        )
+        self.fallbacks = Counter(
+            "tollgate_upstream_fallbacks", "Fallbacks to the next deployment", ["alias"], registry=r
+        )
+        self.journal_lag = Gauge(
+            "tollgate_ledger_journal_lag", "Usage records journaled but not yet in the database", registry=r
+        )
+        self.span_drops = Counter(
+            "tollgate_span_export_dropped", "Spans dropped because the export queue was full", registry=r
+        )
+        self.span_failures = Counter("tollgate_span_export_failures", "Spans the collector did not accept", registry=r)
+
+    def record_cost(self, team: str, model: str, cost: Decimal | None) -> None:
+        if cost is None:
+            self.unpriced.labels(team, model).inc()
+        else:
+            # Prometheus counters are floats: the ledger holds the exact figure, this is for dashboards.
+            self.cost.labels(team, model).inc(float(cost))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
