@@ -22,7 +22,7 @@ install: $(STAMP)
 run: install
 	$(BIN)/tollgate serve --policy policies/default.yaml
 
-test: install
+test: install phoenix-venv prometheus-bin
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
@@ -35,7 +35,7 @@ bench: install
 	bench/run.sh
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-phoenix .mypy_cache .pytest_cache .ruff_cache
 
 # -- heavy test backends, each in its own place so they never touch the project's venv ------------------------------
 .PHONY: phoenix-venv prometheus-bin
@@ -56,10 +56,12 @@ phoenix-venv: $(PHOENIX_STAMP)
 
 # Debian's prometheus for the scrape test. Installed only when missing; the package's service is never started
 # (a policy-rc.d that refuses, the Docker way, for the length of the install) so nothing stays bound to :9090.
+PROMETHEUS := /usr/bin/prometheus
+
 prometheus-bin:
-	@if [ -x /usr/bin/prometheus ]; then exit 0; fi; \
+	@if [ -x $(PROMETHEUS) ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
-		echo "prometheus-bin: /usr/bin/prometheus is missing and installing it needs root:" >&2; \
+		echo "prometheus-bin: $(PROMETHEUS) is missing and installing it needs root. Run:" >&2; \
 		echo "    sudo apt-get update && sudo apt-get install -y --no-install-recommends prometheus" >&2; \
 		exit 1; \
 	fi; \
@@ -75,4 +77,4 @@ prometheus-bin:
 		systemctl disable --now prometheus >/dev/null 2>&1 || true; \
 	fi; \
 	if command -v service >/dev/null 2>&1; then service prometheus stop >/dev/null 2>&1 || true; fi; \
-	test -x /usr/bin/prometheus
+	test -x $(PROMETHEUS)

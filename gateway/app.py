@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -11,6 +12,10 @@ from typing import Any
 from sqlalchemy import text
 
 from gateway import __version__
+from gateway.accounting.ledger import Ledger
+from gateway.accounting.limits import build_limiter
+from gateway.accounting.pricing import PriceBook
+from gateway.accounting.reports import ReportsAPI
 from gateway.admin import KeyAdmin
 from gateway.database import create_engine
 from gateway.exceptions import MethodNotAllowed, ModelNotFound, NotFound
@@ -19,12 +24,15 @@ from gateway.middleware.auth import VIRTUAL_KEY, AuthMiddleware
 from gateway.middleware.body_limit import BodyLimitMiddleware
 from gateway.middleware.errors import ErrorMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
+from gateway.middleware.tracing import TracingMiddleware
 from gateway.policy import Policy
 from gateway.protocol import validation
 from gateway.proxy import Endpoint, Proxy
-from gateway.responses import send_json
+from gateway.responses import send_bytes, send_json
 from gateway.routing import alias_allowed
 from gateway.settings import Settings
+from gateway.telemetry.metrics import CONTENT_TYPE, Metrics
+from gateway.telemetry.tracing import Tracing
 from gateway.types import ASGIApp, Receive, Scope, Send
 from gateway.upstream.registry import ProviderRegistry
 
@@ -51,8 +59,24 @@ class Tollgate:
         self.keys = KeyStore(self.engine)
         self.key_cache = KeyCache(self.keys, settings.key_cache_seconds)
         self.providers = ProviderRegistry()
-        self.proxy = Proxy(policy, self.providers, settings.max_body_bytes, rng or random.Random())
         self.admin = KeyAdmin(self.keys, self.key_cache)
+        self.ledger = Ledger(settings, self.engine)
+        self.reports = ReportsAPI(self.engine)
+        self.limiter = build_limiter(policy, settings.redis_url, self.ledger.spend_since)
+        self.metrics = Metrics()
+        self.metrics.journal_lag.set_function(lambda: self.ledger.lag)
+        self.tracing = Tracing(settings, on_drop=self.metrics.span_drops.inc, on_failure=self.metrics.span_failures.inc)
+        self.proxy = Proxy(
+            policy,
+            self.providers,
+            max_body_bytes=settings.max_body_bytes,
+            rng=rng or random.Random(),
+            prices=PriceBook.from_litellm(overrides=policy.prices),
+            ledger=self.ledger,
+            limiter=self.limiter,
+            tracing=self.tracing,
+            metrics=self.metrics,
+        )
         self.ready = False
         self.handler = self.build_middleware_stack()
 
@@ -60,9 +84,12 @@ class Tollgate:
         # Outermost first, as requests meet them.
         middleware: list[Callable[[ASGIApp], ASGIApp]] = [
             RequestIdMiddleware,
+            lambda app: TracingMiddleware(app, self.tracing),
             ErrorMiddleware,
             lambda app: BodyLimitMiddleware(app, self.settings.max_body_bytes),
-            lambda app: AuthMiddleware(app, self.key_cache, self.settings.admin_key),
+            lambda app: AuthMiddleware(
+                app, self.key_cache, self.settings.admin_key, metrics_public=self.settings.metrics_public
+            ),
         ]
         app: ASGIApp = self.route
         for wrap in reversed(middleware):
@@ -79,11 +106,16 @@ class Tollgate:
 
     async def startup(self) -> None:
         await self.keys.create_schema()
+        await self.ledger.start()
+        await self.limiter.start()
         self.ready = True
 
     async def shutdown(self) -> None:
         self.ready = False
+        await self.limiter.stop()
+        await self.ledger.stop()
         await self.providers.aclose()
+        self.tracing.shutdown()
         await self.engine.dispose()
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
@@ -118,9 +150,15 @@ class Tollgate:
         if api_path == "/models" or api_path.startswith("/models/"):
             self.require(method, "GET", path)
             await self.models(api_path[len("/models/") :], scope, send)
+        elif path in ("/v1/reports/cost", "/v1/reports/usage"):
+            self.require(method, "GET", path)
+            await self.reports.handle("cost" if path.endswith("/cost") else "usage", scope, send)
         elif path == "/healthz":
             self.require(method, "GET", path)
             await send_json(send, 200, {"status": "ok", "version": __version__})
+        elif path == "/metrics":
+            self.require(method, "GET", path)
+            await self.metrics_page(send)
         elif path == "/readyz":
             self.require(method, "GET", path)
             await self.readiness(send)
@@ -162,15 +200,23 @@ class Tollgate:
         )
 
     async def readiness(self, send: Send) -> None:
+        """200 while the gateway can serve (degraded parts are listed: the journal and local counters cover for
+        them, DESIGN.md §3); 503 only before start-up completes, so a load balancer keeps sending traffic."""
         checks: dict[str, Any] = {"started": self.ready}
         try:
-            async with self.engine.connect() as conn:
+            async with asyncio.timeout(2.0), self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
             checks["database"] = "ok"
-        except Exception as exc:  # Any driver error means "not ready"; say which.
+        except Exception as exc:  # Any driver error or a timeout means "unavailable"; say which.
             checks["database"] = f"unavailable: {type(exc).__name__}"
-        ok = self.ready and checks["database"] == "ok"
-        await send_json(send, 200 if ok else 503, {"status": "ready" if ok else "not ready", "checks": checks})
+        checks["ledger"] = {"healthy": self.ledger.healthy, "lag": self.ledger.lag}
+        checks["limits"] = "ok" if self.limiter.healthy else "degraded: Redis unreachable, counting per replica"
+        degraded = checks["database"] != "ok" or not self.ledger.healthy or not self.limiter.healthy
+        status = "not ready" if not self.ready else ("degraded" if degraded else "ready")
+        await send_json(send, 200 if self.ready else 503, {"status": status, "checks": checks})
+
+    async def metrics_page(self, send: Send) -> None:
+        await send_bytes(send, 200, self.metrics.render(), CONTENT_TYPE.encode())
 
 
 def create_app(settings: Settings, policy: Policy) -> Tollgate:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway import __version__
+from gateway import __version__, report_cli
 from gateway.exceptions import InvalidRequest
 from gateway.policy import PolicyError, load_policy
 from gateway.settings import Settings, SettingsError, settings_from_env
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", help="revoke a key", description="Revoke a key by its id.")
     revoke.add_argument("key_id", help="the key's id (key_...), as `tollgate keys list` shows it")
     _common(revoke)
+    report_cli.add_parser(commands)
     return parser
 
 
@@ -144,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(settings, args.access_log)
         if args.command == "keys":
             return asyncio.run(_keys(args, settings))
+        if args.command == "report":
+            return asyncio.run(report_cli.run(args, settings))
     except (SettingsError, PolicyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
+from gateway.accounting.pricing import Price
 from gateway.routing import Deployment, ModelRoute, Router
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -71,6 +72,8 @@ class Policy:
     routes: tuple[ModelRoute, ...]
     teams: Mapping[str, TeamPolicy]
     limits: Limits = Limits()
+    # Price overrides by upstream model (or "provider/model"), winning over litellm's price map.
+    prices: Mapping[str, Price] = field(default_factory=dict)
 
     def router(self) -> Router:
         return Router(self.routes)
@@ -173,7 +176,7 @@ def parse_policy(data: Any, source: str, env: Mapping[str, str]) -> Policy:
     reader = _Reader(source, env)
     if data is None:
         data = {}
-    top = reader.mapping(data, "policy", ("version", "defaults", "models", "teams", "limits"))
+    top = reader.mapping(data, "policy", ("version", "defaults", "models", "teams", "limits", "prices"))
     if "version" in top and top["version"] != 1:
         raise reader.fail("policy.version", "only version 1 is supported")
     defaults = reader.mapping(top.get("defaults", {}), "defaults", _DEFAULT_KEYS)
@@ -237,7 +240,40 @@ def parse_policy(data: Any, source: str, env: Mapping[str, str]) -> Policy:
         models = reader.strings(team["models"], f"{tpath}.models") if "models" in team else None
         teams[str(name)] = TeamPolicy(name=str(name), models=models)
     limits = _parse_limits(reader, top["limits"]) if "limits" in top else Limits()
-    return Policy(source=source, routes=tuple(routes), teams=teams, limits=limits)
+    prices = _parse_prices(reader, top["prices"]) if "prices" in top else {}
+    return Policy(source=source, routes=tuple(routes), teams=teams, limits=limits, prices=prices)
+
+
+_PRICE_KEYS = ("input", "output", "cached_input", "reasoning")
+
+
+def _parse_prices(reader: _Reader, value: Any) -> dict[str, Price]:
+    """`prices: {MODEL: {input, output, cached_input, reasoning}}` in USD per million tokens."""
+    if not isinstance(value, dict):
+        raise reader.fail("prices", "expected a mapping of model name to prices (USD per million tokens)")
+    prices = {}
+    for model, raw in value.items():
+        path = f"prices.{model}"
+        entry = reader.mapping(raw, path, _PRICE_KEYS, required=("input",))
+        rates: dict[str, Decimal] = {}
+        for name in _PRICE_KEYS:
+            if name in entry:
+                rate = entry[name]
+                try:
+                    if isinstance(rate, bool):
+                        raise InvalidOperation
+                    rates[name] = Decimal(str(rate))
+                except InvalidOperation:
+                    raise reader.fail(f"{path}.{name}", "expected a number of US dollars per million tokens") from None
+                if not rates[name].is_finite() or rates[name] < 0:
+                    raise reader.fail(f"{path}.{name}", "must be zero or more")
+        prices[str(model)] = Price.per_million(
+            rates["input"],
+            rates.get("output", Decimal(0)),
+            cached_input=rates.get("cached_input"),
+            reasoning=rates.get("reasoning"),
+        )
+    return prices
 
 
 def _parse_limit_rule(reader: _Reader, value: Any, path: str) -> LimitRule:

@@ -20,8 +20,10 @@ with the same semantics, so the limiter and its tests do not care which one answ
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
+
+from gateway.policy import Period
 
 Metric = Literal["rpm", "tpm", "budget"]
 Owner = Literal["team", "key"]
@@ -44,6 +46,8 @@ class Check:
     amount: int  # added on admission (rate counters); 0 for budgets
     ttl: int  # seconds the counter must outlive its window or period
     marker: str | None = None  # budgets: the seed marker of the counter's (owner kind, period)
+    resets_at: float = 0.0  # when the window or period ends, seconds since the epoch: Retry-After's source
+    period: Period = "month"  # budgets: which calendar period the counter covers
 
     @property
     def is_rate(self) -> bool:
@@ -65,6 +69,8 @@ class Outcome:
     denied: tuple[tuple[int, int], ...] = ()
     # Index of a budget check whose period was never seeded from the ledger; nothing was added.
     unseeded: int | None = None
+    # Indices of "spend" adjustments skipped because their period is unseeded (the others were applied).
+    unsettled: tuple[int, ...] = ()
 
     @property
     def admitted(self) -> bool:
@@ -75,12 +81,13 @@ ADMITTED = Outcome()
 
 
 class Counters(Protocol):
-    async def admit(self, checks: Sequence[Check]) -> Outcome:
-        """Checks every counter and, only when all pass, adds each rate check's amount, atomically."""
+    async def admit(self, checks: Sequence[Check], adjustments: Sequence[Adjustment] = ()) -> Outcome:
+        """Applies the adjustments (requests settled since the last call), then checks every counter and, only
+        when all pass, adds each rate check's amount: atomically, and with Redis in one round trip."""
         ...
 
     async def settle(self, adjustments: Sequence[Adjustment]) -> tuple[int, ...]:
-        """Applies the adjustments; returns the indices of "spend" ones skipped because their period is unseeded."""
+        """Applies the adjustments alone; returns the indices of those skipped as unseeded (see `Outcome`)."""
         ...
 
     async def seed(self, marker: str, values: Mapping[str, int], ttl: int) -> None:
@@ -122,9 +129,14 @@ class LocalCounters:
         for key in [k for k, entry in self._values.items() if entry.expires <= now]:
             del self._values[key]
 
-    async def admit(self, checks: Sequence[Check]) -> Outcome:
+    async def admit(self, checks: Sequence[Check], adjustments: Sequence[Adjustment] = ()) -> Outcome:
         now = self._clock()
         self._sweep(now)
+        unsettled = self._apply(adjustments, now)
+        outcome = self._check(checks, now)
+        return replace(outcome, unsettled=unsettled) if unsettled else outcome
+
+    def _check(self, checks: Sequence[Check], now: float) -> Outcome:
         denied: list[tuple[int, int]] = []
         for i, check in enumerate(checks):
             entry = self._get(check.key, now)
@@ -151,7 +163,9 @@ class LocalCounters:
         return ADMITTED
 
     async def settle(self, adjustments: Sequence[Adjustment]) -> tuple[int, ...]:
-        now = self._clock()
+        return self._apply(adjustments, self._clock())
+
+    def _apply(self, adjustments: Sequence[Adjustment], now: float) -> tuple[int, ...]:
         unseeded: list[int] = []
         for i, adjustment in enumerate(adjustments):
             entry = self._get(adjustment.key, now)

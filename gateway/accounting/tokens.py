@@ -11,8 +11,8 @@ separator, `<|im_end|>`) plus its role and content, a name 1 more, and every rep
 counts (129 cl100k / 124 o200k tokens on its example). Tool definitions are rendered the way the model sees them,
 as a TypeScript `namespace functions` inside the system message (9 tokens of framing, 4 fewer when a system
 message exists): with these rules the cookbook's tool example gives the API's 105 / 101 tokens. Tool calls and
-results follow OpenAI's published chat format for gpt-oss (`assistant to=functions.NAME`, `functions.NAME
-to=assistant`); those constants are an estimate, not checked against the API.
+results are counted as OpenAI's published chat format for gpt-oss renders them (`assistant to=functions.NAME`,
+`functions.NAME to=assistant`); that part is a reconstruction, not checked against API-reported counts.
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ REPLY_PRIMING = 3
 TOOLS_FRAMING = 9
 # Tool definitions join the first system message when there is one instead of opening their own.
 TOOLS_IN_SYSTEM_MESSAGE = -4
-# `<|im_start|>assistant to=functions.NAME<|im_sep|>ARGUMENTS<|im_end|>`: 3 specials + "assistant to=functions."
-TOOL_CALL_FRAMING = 8
-# `<|im_start|>functions.NAME to=assistant<|im_sep|>CONTENT<|im_end|>`: 3 specials + "functions." + " to=assistant"
-TOOL_RESULT_FRAMING = 8
+# A tool call is its own message, `<|im_start|>assistant to=functions.NAME<|im_sep|>ARGUMENTS<|im_end|>`, and a
+# result `<|im_start|>functions.NAME to=assistant<|im_sep|>CONTENT<|im_end|>`: 3 special tokens plus the header,
+# counted as one string because "functions." merges with the name's first letters.
+TOOL_CALL_HEADER = "assistant to=functions.{name}"
+TOOL_RESULT_HEADER = "functions.{name} to=assistant"
 # What a model writes around a call's name and arguments (" to=functions.NAME <|constrain|>json<|message|>...").
 OUTPUT_TOOL_CALL_FRAMING = 5
 # Images cannot be sized without decoding them: a low-detail image costs 85 tokens on gpt-4o, a 1024×1024
@@ -170,7 +171,8 @@ def count_chat_prompt(
         has_system = has_system or role in ("system", "developer")
         if role == "tool":
             name = tool_names.get(str(message.get("tool_call_id")), "")
-            total += TOOL_RESULT_FRAMING + count(name) + _content_tokens(message.get("content"), count)
+            header = count(TOOL_RESULT_HEADER.format(name=name))
+            total += TOKENS_PER_MESSAGE + header + _content_tokens(message.get("content"), count)
             continue
         content = _content_tokens(message.get("content"), count)
         calls = _tool_calls(message)
@@ -180,7 +182,7 @@ def count_chat_prompt(
                 total += count(message["name"]) + TOKENS_PER_NAME
         for call_id, name, arguments in calls:
             tool_names[call_id] = name
-            total += TOOL_CALL_FRAMING + count(name) + count(arguments)
+            total += TOKENS_PER_MESSAGE + count(TOOL_CALL_HEADER.format(name=name)) + count(arguments)
     if functions:
         total += count(render_functions(functions)) + TOOLS_FRAMING
         if has_system:
@@ -189,8 +191,7 @@ def count_chat_prompt(
             total += 1
         elif isinstance(tool_choice, Mapping):
             chosen = tool_choice.get("function")
-            name = chosen.get("name") if isinstance(chosen, Mapping) else tool_choice.get("name")
-            total += count(name) + 4
+            total += count(chosen.get("name") if isinstance(chosen, Mapping) else tool_choice.get("name")) + 4
     if isinstance(response_format, Mapping) and isinstance(response_format.get("json_schema"), Mapping):
         # Structured outputs put the schema in the prompt too; its exact rendering is not public.
         total += count(orjson.dumps(response_format["json_schema"]).decode())
@@ -263,8 +264,11 @@ def render_functions(functions: Sequence[Mapping[str, Any]]) -> str:
             lines.append(f"// {description}")
         name = _string(function.get("name"))
         parameters = function.get("parameters")
-        properties = parameters.get("properties") if isinstance(parameters, Mapping) else None
-        if isinstance(properties, Mapping) and properties:
+        if (
+            isinstance(parameters, Mapping)
+            and isinstance(parameters.get("properties"), Mapping)
+            and parameters["properties"]
+        ):
             lines.append(f"type {name} = (_: {{")
             lines.append(_render_properties(parameters, 0))
             lines.append("}) => any;")

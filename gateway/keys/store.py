@@ -21,9 +21,11 @@ from sqlalchemy import Column, MetaData, Row, String, Table, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.database import UTCDateTime
+from gateway.migrations import upgrade_head
 
 KEY_PREFIX = "tg-"
 
+# Describes the table for queries; it is created by the migrations in gateway/migrations/.
 metadata = MetaData()
 
 virtual_keys = Table(
@@ -83,8 +85,8 @@ class KeyStore:
         self.engine = engine
 
     async def create_schema(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        """Brings every table (keys, ledger) to the latest Alembic revision; one SELECT when already there."""
+        await upgrade_head(self.engine)
 
     async def create(
         self, team: str, *, name: str | None = None, budget_usd: Decimal | None = None

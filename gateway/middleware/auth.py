@@ -31,9 +31,11 @@ def bearer_token(scope: Scope) -> str | None:
 
 
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, keys: KeyCache, admin_key: str | None) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyCache, admin_key: str | None, *, metrics_public: bool = False) -> None:
         self.app = app
         self.keys = keys
+        # Metrics name teams and their spend: behind the admin key when there is one, unless made public.
+        self.metrics_open = metrics_public or not admin_key
         self._admin_digest = hashlib.sha256(admin_key.encode()).digest() if admin_key else None
 
     def is_admin(self, token: str) -> bool:
@@ -43,7 +45,11 @@ class AuthMiddleware:
         return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self._admin_digest)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if (
+            scope["type"] != "http"
+            or scope["path"] in PUBLIC_PATHS
+            or (scope["path"] == "/metrics" and self.metrics_open)
+        ):
             await self.app(scope, receive, send)
             return
         token = bearer_token(scope)
@@ -51,7 +57,7 @@ class AuthMiddleware:
             raise AuthenticationFailed(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer tg-...'.", code="missing_api_key"
             )
-        if scope["path"].startswith("/admin"):
+        if scope["path"].startswith("/admin") or scope["path"] == "/metrics":
             if self._admin_digest is None:
                 raise AuthenticationFailed("Admin endpoints are disabled: set TOLLGATE_ADMIN_KEY to enable them.")
             if not self.is_admin(token):

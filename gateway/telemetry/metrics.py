@@ -52,9 +52,7 @@ class Metrics:
         self.attempts = Counter(
             "tollgate_upstream_attempts", "Upstream attempts by outcome", ["deployment", "outcome"], registry=r
         )
-        self.retries = Counter(
-            "tollgate_upstream_retries", "Retries on one deployment", ["deployment"], registry=r
-        )
+        self.retries = Counter("tollgate_upstream_retries", "Retries on one deployment", ["deployment"], registry=r)
         self.fallbacks = Counter(
             "tollgate_upstream_fallbacks", "Fallbacks to the next deployment", ["alias"], registry=r
         )

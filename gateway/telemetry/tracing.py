@@ -99,6 +99,8 @@ class RequestTrace:
     trace_id: int
     span: Span | None
     sampled: bool
+    # The caller's `traceparent`, forwarded upstream as is when the gateway makes no spans of its own.
+    incoming: str | None = None
 
     @property
     def trace_id_hex(self) -> str:
@@ -139,7 +141,7 @@ class Tracing:
         parent = parse_traceparent(traceparent)
         if not self.enabled:
             trace_id = parent.trace_id if parent else self._random.getrandbits(128) or 1
-            return RequestTrace(trace_id, None, parent.sampled if parent else False)
+            return RequestTrace(trace_id, None, parent.sampled if parent else False, traceparent if parent else None)
         context = None
         if parent is not None:
             remote = SpanContext(
@@ -161,12 +163,12 @@ class Tracing:
         return self.tracer.start_span(name, context=context, kind=SpanKind.CLIENT, attributes=attributes)
 
     @staticmethod
-    def traceparent_for(request: RequestTrace, attempt: Span | None) -> str | None:
-        """The `traceparent` to send upstream: the attempt span when there is one, else the caller's context."""
-        if attempt is not None:
-            ctx = attempt.get_span_context()
-            return format_traceparent(ctx.trace_id, ctx.span_id, ctx.trace_flags.sampled)
-        return None
+    def traceparent_for(attempt: Span | None) -> str | None:
+        """The `traceparent` to send upstream: the attempt's own span, so the upstream's spans nest under it."""
+        if attempt is None:
+            return None
+        ctx = attempt.get_span_context()
+        return format_traceparent(ctx.trace_id, ctx.span_id, ctx.trace_flags.sampled)
 
     def shutdown(self) -> None:
         if self.provider is not None:

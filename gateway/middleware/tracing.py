@@ -1,0 +1,52 @@
+"""Opens the request's trace (a SERVER span when tracing is on) and returns its id as `x-tollgate-trace-id`."""
+
+from __future__ import annotations
+
+from opentelemetry.trace.status import Status, StatusCode
+
+from gateway.requests import header
+from gateway.telemetry import attributes as attr
+from gateway.telemetry.tracing import Tracing
+from gateway.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_TRACE = "tollgate.trace"
+TRACE_HEADER = b"x-tollgate-trace-id"
+
+
+class TracingMiddleware:
+    def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
+        self.app = app
+        self.tracing = tracing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw = header(scope, b"traceparent")
+        method = scope["method"]
+        path = scope["path"]
+        attributes = {attr.HTTP_REQUEST_METHOD: method, attr.URL_PATH: path, attr.HTTP_ROUTE: path}
+        request_trace = self.tracing.start_request(
+            f"{method} {path}", raw.decode("latin-1") if raw is not None else None, attributes
+        )
+        scope[REQUEST_TRACE] = request_trace
+        trace_header = (TRACE_HEADER, request_trace.trace_id_hex.encode())
+        span = request_trace.span
+        status = 0
+
+        async def send_with_trace(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), trace_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_trace)
+        finally:
+            if span is not None:
+                span.set_attribute(attr.HTTP_RESPONSE_STATUS_CODE, status or 500)
+                if status >= 500 or status == 0:
+                    span.set_attribute(attr.ERROR_TYPE, str(status or 500))
+                    span.set_status(Status(StatusCode.ERROR))
+                span.end()
