@@ -11,9 +11,10 @@ from typing import Any
 from opentelemetry.trace import Span
 
 from gateway.accounting.records import Status, UsageRecord
-from gateway.accounting.usage import Usage
+from gateway.accounting.usage import Output, Usage
 from gateway.keys.store import VirtualKey
 from gateway.routing import Deployment, ModelRoute
+from gateway.telemetry.content import CaptureRule
 from gateway.telemetry.tracing import RequestTrace
 
 
@@ -49,6 +50,9 @@ class Exchange:
     http_status: int = 0
     status: Status = "ok"
     recorded: bool = False
+    # Set when a policy rule puts this call's content on its span; `output` is then kept for it.
+    capture: CaptureRule | None = None
+    output: Output | None = None
 
     @property
     def latency_ms(self) -> float:

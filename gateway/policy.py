@@ -17,6 +17,7 @@ import yaml
 
 from gateway.accounting.pricing import Price
 from gateway.routing import Deployment, ModelRoute, Router
+from gateway.telemetry.content import CaptureRule
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Providers spoken natively; anything else is handed to litellm's translation.
@@ -74,6 +75,8 @@ class Policy:
     limits: Limits = Limits()
     # Price overrides by upstream model (or "provider/model"), winning over litellm's price map.
     prices: Mapping[str, Price] = field(default_factory=dict)
+    # Where prompts and responses may go on spans (first matching rule wins; none: never).
+    capture_content: tuple[CaptureRule, ...] = ()
 
     def router(self) -> Router:
         return Router(self.routes)
@@ -176,7 +179,7 @@ def parse_policy(data: Any, source: str, env: Mapping[str, str]) -> Policy:
     reader = _Reader(source, env)
     if data is None:
         data = {}
-    top = reader.mapping(data, "policy", ("version", "defaults", "models", "teams", "limits", "prices"))
+    top = reader.mapping(data, "policy", ("version", "defaults", "models", "teams", "limits", "prices", "telemetry"))
     if "version" in top and top["version"] != 1:
         raise reader.fail("policy.version", "only version 1 is supported")
     defaults = reader.mapping(top.get("defaults", {}), "defaults", _DEFAULT_KEYS)
@@ -241,7 +244,34 @@ def parse_policy(data: Any, source: str, env: Mapping[str, str]) -> Policy:
         teams[str(name)] = TeamPolicy(name=str(name), models=models)
     limits = _parse_limits(reader, top["limits"]) if "limits" in top else Limits()
     prices = _parse_prices(reader, top["prices"]) if "prices" in top else {}
-    return Policy(source=source, routes=tuple(routes), teams=teams, limits=limits, prices=prices)
+    capture = _parse_telemetry(reader, top["telemetry"]) if "telemetry" in top else ()
+    return Policy(
+        source=source, routes=tuple(routes), teams=teams, limits=limits, prices=prices, capture_content=capture
+    )
+
+
+def _parse_telemetry(reader: _Reader, value: Any) -> tuple[CaptureRule, ...]:
+    """`telemetry.capture_content`: rules naming the teams and aliases whose prompts and responses go on spans."""
+    section = reader.mapping(value if value is not None else {}, "telemetry", ("capture_content",))
+    raw_rules = section.get("capture_content", [])
+    if not isinstance(raw_rules, list):
+        raise reader.fail("telemetry.capture_content", "expected a list of rules")
+    rules = []
+    for i, raw in enumerate(raw_rules):
+        path = f"telemetry.capture_content[{i}]"
+        rule = reader.mapping(raw or {}, path, ("teams", "models", "redact_pii", "max_bytes"))
+        redact_pii = rule.get("redact_pii", True)
+        if not isinstance(redact_pii, bool):
+            raise reader.fail(f"{path}.redact_pii", "expected true or false")
+        rules.append(
+            CaptureRule(
+                teams=reader.strings(rule["teams"], f"{path}.teams") if "teams" in rule else None,
+                models=reader.strings(rule["models"], f"{path}.models") if "models" in rule else None,
+                redact_pii=redact_pii,
+                max_bytes=reader.integer(rule.get("max_bytes", 16_384), f"{path}.max_bytes", 256),
+            )
+        )
+    return tuple(rules)
 
 
 _PRICE_KEYS = ("input", "output", "cached_input", "reasoning")

@@ -54,6 +54,7 @@ from gateway.protocol.validation import EXTENSION_FIELD, parse_json_object
 from gateway.requests import read_body
 from gateway.routing import Deployment, ModelRoute, Router, alias_allowed, attempt_order
 from gateway.telemetry import attributes as attr
+from gateway.telemetry.content import capture_rule, content_attributes
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.tracing import Tracing, fail_span
 from gateway.types import Message, Receive, Scope, Send
@@ -369,6 +370,10 @@ class Proxy:
                 span.set_attribute(attr.TOLLGATE_USAGE_SOURCE, usage.source)
             if exchange.cost is not None:
                 span.set_attribute(attr.TOLLGATE_COST_USD, float(exchange.cost))
+            if exchange.capture is not None:
+                span.set_attributes(
+                    content_attributes(exchange.capture, exchange.body, exchange.output, exchange.finish_reasons)
+                )
         server = exchange.trace.span
         if server is not None:
             server.set_attribute(attr.TOLLGATE_TEAM, team)
@@ -397,6 +402,8 @@ class Proxy:
                 headers.append((b"retry-after", retry_after.encode()))
         else:
             parsed = self.parse_response(exchange, body)
+            if exchange.capture is not None:
+                exchange.output = output_from_response(parsed)
             usage = usage_from_response(parsed) or self.estimate(exchange, output_from_response(parsed))
             if usage is not None:
                 self.price(exchange, usage)
@@ -435,7 +442,7 @@ class Proxy:
 
         watcher = asyncio.ensure_future(receive())
         watcher.add_done_callback(on_disconnect)
-        meter = StreamMeter(hide_usage_chunk=not exchange.client_asked_usage)
+        meter = StreamMeter(hide_usage_chunk=not exchange.client_asked_usage, keep_output=exchange.capture is not None)
         exchange.http_status = 200
         await send(
             {
@@ -489,6 +496,8 @@ class Proxy:
         exchange.response_model = meter.response_model
         exchange.response_id = meter.response_id
         exchange.finish_reasons = tuple(meter.finish_reasons[i] for i in sorted(meter.finish_reasons))
+        if exchange.capture is not None:
+            exchange.output = meter.output()
         usage = meter.usage
         if usage is None:
             try:
@@ -534,6 +543,8 @@ class Proxy:
             tags=tags,
             user=user[:200] if isinstance(user, str) else None,
         )
+        if self.tracing.enabled and self.policy.capture_content:
+            exchange.capture = capture_rule(self.policy.capture_content, key.team, alias)
         admission = await self.limiter.admit(key, self.admission_estimate(exchange, raw_size))
         try:
             plan = attempt_order(route.deployments, self.rng)

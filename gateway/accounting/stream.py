@@ -41,6 +41,7 @@ class StreamMeter:
         "_calls",
         "_held",
         "_hide",
+        "_keep",
         "_raw",
         "_raw_size",
         "_splitter",
@@ -56,8 +57,10 @@ class StreamMeter:
         "usage",
     )
 
-    def __init__(self, *, hide_usage_chunk: bool = False) -> None:
+    def __init__(self, *, hide_usage_chunk: bool = False, keep_output: bool = False) -> None:
         self._hide = hide_usage_chunk
+        # Keep the streamed text even once usage is reported (it is then only needed for content capture).
+        self._keep = keep_output
         self._splitter = EventSplitter()
         self._held = b""
         self._strip_pending = False
@@ -111,7 +114,7 @@ class StreamMeter:
                 or payload.startswith(b'{"error"')
             ):
                 self._inspect(payload)
-            if self.usage is None:
+            if self.usage is None or self._keep:
                 self._raw.append(payload)
                 self._raw_size += len(payload)
                 if self._raw_size > RAW_LIMIT:
@@ -133,9 +136,10 @@ class StreamMeter:
         usage = usage_from_response(event)
         if usage is not None:
             self.usage = usage
-            self._raw.clear()
-            self._text.clear()
-            self._calls.clear()
+            if not self._keep:
+                self._raw.clear()
+                self._text.clear()
+                self._calls.clear()
             if is_usage_only_chunk(event):
                 self.saw_usage_only_chunk = True
                 self._strip_pending = self._hide
