@@ -65,6 +65,9 @@ class Tollgate:
         self.limiter = build_limiter(policy, settings.redis_url, self.ledger.spend_since)
         self.metrics = Metrics()
         self.metrics.journal_lag.set_function(lambda: self.ledger.lag)
+        self.metrics.ledger_healthy.set_function(lambda: float(self.ledger.healthy))
+        self.metrics.ledger_rejected.set_function(lambda: self.ledger.stats.rejected)
+        self.metrics.limits_healthy.set_function(lambda: float(self.limiter.healthy))
         self.tracing = Tracing(settings, on_drop=self.metrics.span_drops.inc, on_failure=self.metrics.span_failures.inc)
         self.proxy = Proxy(
             policy,
@@ -85,7 +88,7 @@ class Tollgate:
         middleware: list[Callable[[ASGIApp], ASGIApp]] = [
             RequestIdMiddleware,
             lambda app: TracingMiddleware(app, self.tracing),
-            ErrorMiddleware,
+            lambda app: ErrorMiddleware(app, on_error=lambda status: self.metrics.refused.labels(str(status)).inc()),
             lambda app: BodyLimitMiddleware(app, self.settings.max_body_bytes),
             lambda app: AuthMiddleware(
                 app, self.key_cache, self.settings.admin_key, metrics_public=self.settings.metrics_public

@@ -40,6 +40,8 @@ class Exchange:
     provider_name: str = ""
     attempt: int = 0
     attempt_span: Span | None = None
+    # An attempt started and not yet ended (counted and its span closed exactly once, by end_attempt).
+    attempt_open: bool = False
     first_chunk_at: float | None = None
     # Filled in at the end.
     usage: Usage | None = None

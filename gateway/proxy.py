@@ -198,6 +198,7 @@ class Proxy:
     def start_attempt(self, exchange: Exchange, deployment: Deployment, position: int) -> dict[str, str]:
         """Opens the attempt's CLIENT span and returns the headers that go upstream with it."""
         exchange.attempt += 1
+        exchange.attempt_open = True
         exchange.deployment = deployment
         exchange.upstream_model = deployment.upstream_model(exchange.alias)
         exchange.provider_name = attr.PROVIDER_NAMES.get(deployment.provider, deployment.provider)
@@ -239,6 +240,10 @@ class Proxy:
         return headers
 
     def end_attempt(self, exchange: Exchange, error_type: str | None, message: str | None = None) -> None:
+        # A failed last attempt is ended where it failed; the request's end (observe) must not count it again.
+        if not exchange.attempt_open:
+            return
+        exchange.attempt_open = False
         deployment = exchange.deployment
         outcome = error_type or "ok"
         if deployment is not None:
@@ -304,8 +309,10 @@ class Proxy:
         exchange.usage = usage
         deployment = exchange.deployment
         provider = deployment.provider if deployment else None
-        price = None
-        if exchange.response_model:
+        # A policy override for the model the deployment names wins over the map's price for the (often dated)
+        # model the upstream reports; without an override, the reported model is the more exact price.
+        price = self.prices.override(exchange.upstream_model, provider)
+        if price is None and exchange.response_model:
             price = self.prices.lookup(exchange.response_model, provider)
         if price is None:
             price = self.prices.lookup(exchange.upstream_model, provider)
@@ -329,26 +336,30 @@ class Proxy:
     def observe(self, exchange: Exchange) -> None:
         usage = exchange.usage
         team = exchange.key.team
-        model = exchange.response_model or exchange.upstream_model if exchange.http_status < 400 else "other"
+        succeeded = exchange.http_status < 400
+        model = (exchange.response_model or exchange.upstream_model) if succeeded else "other"
+        # The requested model as label only when the upstream served it: clients choose names under a pattern
+        # route, and only real models succeed, which keeps the label set bounded.
+        request_model = exchange.upstream_model if succeeded else exchange.route.alias
         operation = attr.OPERATIONS.get(exchange.endpoint, exchange.endpoint)
         error_type = None if exchange.http_status < 400 and exchange.status == "ok" else str(exchange.http_status)
         if exchange.status in ("stream_broken", "client_disconnected"):
             error_type = exchange.status
         m = self.metrics
         m.requests.labels(str(exchange.http_status), exchange.route.alias, team).inc()
-        m.operation_duration.labels(operation, exchange.provider_name, exchange.route.alias, error_type or "").observe(
+        m.operation_duration.labels(operation, exchange.provider_name, request_model, error_type or "").observe(
             exchange.latency_ms / 1000
         )
         if exchange.ttft_ms is not None:
-            m.time_to_first_chunk.labels(operation, exchange.provider_name, exchange.route.alias).observe(
+            m.time_to_first_chunk.labels(operation, exchange.provider_name, request_model).observe(
                 exchange.ttft_ms / 1000
             )
         if usage is not None:
-            m.token_usage.labels(operation, exchange.provider_name, exchange.route.alias, "input", team).observe(
+            m.token_usage.labels(operation, exchange.provider_name, request_model, "input", team).observe(
                 usage.input_tokens
             )
             if operation != "embeddings":
-                m.token_usage.labels(operation, exchange.provider_name, exchange.route.alias, "output", team).observe(
+                m.token_usage.labels(operation, exchange.provider_name, request_model, "output", team).observe(
                     usage.output_tokens
                 )
             m.record_cost(team, model, exchange.cost)
@@ -379,6 +390,7 @@ class Proxy:
             server.set_attribute(attr.TOLLGATE_TEAM, team)
             server.set_attribute(attr.TOLLGATE_KEY_ID, exchange.key.id)
             server.set_attribute(attr.TOLLGATE_ALIAS, exchange.alias)
+            server.set_attribute(attr.TOLLGATE_REQUEST_ID, exchange.request_id)
             if exchange.cost is not None:
                 server.set_attribute(attr.TOLLGATE_COST_USD, float(exchange.cost))
         self.end_attempt(exchange, error_type)
@@ -550,7 +562,7 @@ class Proxy:
             plan = attempt_order(route.deployments, self.rng)
             try:
                 response = await self.send_with_fallback(exchange, plan, raw)
-            except (UpstreamTimeout, UpstreamUnavailable) as exc:
+            except TollgateError as exc:
                 exchange.status = "upstream_error"
                 exchange.http_status = exc.status
                 self.finish(exchange)

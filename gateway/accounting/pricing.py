@@ -184,6 +184,14 @@ class PriceBook:
     def __len__(self) -> int:
         return len(self._prices)
 
+    def override(self, model: str, provider: str | None = None) -> Price | None:
+        """The policy's own price for `provider/model` or `model`, if it sets one."""
+        qualified = f"{provider}/{model}" if provider and not model.startswith(provider + "/") else None
+        for key in (qualified, model):
+            if key is not None and key in self._overrides:
+                return self._overrides[key]
+        return None
+
     def lookup(self, model: str, provider: str | None = None) -> Price | None:
         """The price of `model` as served by `provider` (a gateway provider kind such as "openai", "azure",
         "anthropic"), or None when unpriced.

@@ -57,7 +57,7 @@ IMAGE_TOKENS = {"low": 85, "high": 765, "auto": 765}
 
 
 class TokenizerUnavailable(RuntimeError):
-    """No local copy of an encoding: install litellm (`pip install 'tollgate[providers]'`) or set TIKTOKEN_CACHE_DIR."""
+    """No local copy of an encoding: reinstall litellm (a tollgate dependency) or set TIKTOKEN_CACHE_DIR."""
 
 
 def cache_file_name(encoding: str) -> str:
@@ -86,7 +86,7 @@ def _use_local_files(encoding: str) -> None:
     if bundled is None or not (bundled / file_name).is_file():
         raise TokenizerUnavailable(
             f"No local copy of the {encoding} encoding (file {file_name}) and downloads are disabled: "
-            "install litellm (pip install 'tollgate[providers]') or set TIKTOKEN_CACHE_DIR to a directory holding it."
+            "install litellm (pip install litellm) or set TIKTOKEN_CACHE_DIR to a directory holding it."
         )
     os.environ["TIKTOKEN_CACHE_DIR"] = str(bundled)
 

@@ -10,6 +10,8 @@ from gateway.telemetry.tracing import Tracing
 from gateway.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_TRACE = "tollgate.trace"
+# Probes and scrapes arrive every few seconds and say nothing about calls: no spans for them.
+UNTRACED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 TRACE_HEADER = b"x-tollgate-trace-id"
 
 
@@ -27,7 +29,10 @@ class TracingMiddleware:
         path = scope["path"]
         attributes = {attr.HTTP_REQUEST_METHOD: method, attr.URL_PATH: path, attr.HTTP_ROUTE: path}
         request_trace = self.tracing.start_request(
-            f"{method} {path}", raw.decode("latin-1") if raw is not None else None, attributes
+            f"{method} {path}",
+            raw.decode("latin-1") if raw is not None else None,
+            attributes,
+            record=path not in UNTRACED_PATHS,
         )
         scope[REQUEST_TRACE] = request_trace
         trace_header = (TRACE_HEADER, request_trace.trace_id_hex.encode())

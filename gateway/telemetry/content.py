@@ -22,6 +22,8 @@ from gateway.telemetry import attributes as attr
 from gateway.telemetry.redaction import redact
 
 TRUNCATED = "…[truncated]"
+# Fields that give the JSON its meaning: never cut or redacted, only text is.
+_STRUCTURAL = frozenset({"type", "role", "id", "name", "finish_reason"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +115,7 @@ def _shrink(value: Any, budget: list[int], clean: Callable[[str], str]) -> Any:
     if isinstance(value, list):
         return [_shrink(item, budget, clean) for item in value]
     if isinstance(value, dict):
-        return {
-            key: _shrink(item, budget, clean) if key not in ("type", "role", "id") else item
-            for key, item in value.items()
-        }
+        return {key: _shrink(item, budget, clean) if key not in _STRUCTURAL else item for key, item in value.items()}
     return value
 
 

@@ -59,6 +59,23 @@ class Metrics:
         self.journal_lag = Gauge(
             "tollgate_ledger_journal_lag", "Usage records journaled but not yet in the database", registry=r
         )
+        self.refused = Counter(
+            "tollgate_refused_requests",
+            "Requests the gateway answered with an error before reaching an upstream (auth, validation, limits)",
+            ["status"],
+            registry=r,
+        )
+        self.ledger_healthy = Gauge("tollgate_ledger_healthy", "1 while the ledger writes to its database", registry=r)
+        self.ledger_rejected = Gauge(
+            "tollgate_ledger_rejected_records",
+            "Usage records the database refused (kept in rejected.jsonl)",
+            registry=r,
+        )
+        self.limits_healthy = Gauge(
+            "tollgate_limits_healthy",
+            "1 while shared counters (Redis) answer; 0 while counting per replica",
+            registry=r,
+        )
         self.span_drops = Counter(
             "tollgate_span_export_dropped", "Spans dropped because the export queue was full", registry=r
         )

@@ -137,9 +137,11 @@ class Tracing:
             self.provider.add_span_processor(self.processor)
             self.tracer: trace.Tracer = self.provider.get_tracer("tollgate", __version__)
 
-    def start_request(self, name: str, traceparent: str | None, attributes: Mapping[str, Any]) -> RequestTrace:
+    def start_request(
+        self, name: str, traceparent: str | None, attributes: Mapping[str, Any], *, record: bool = True
+    ) -> RequestTrace:
         parent = parse_traceparent(traceparent)
-        if not self.enabled:
+        if not self.enabled or not record:
             trace_id = parent.trace_id if parent else self._random.getrandbits(128) or 1
             return RequestTrace(trace_id, None, parent.sampled if parent else False, traceparent if parent else None)
         context = None
