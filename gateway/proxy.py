@@ -350,10 +350,10 @@ class Proxy:
         m.operation_duration.labels(operation, exchange.provider_name, request_model, error_type or "").observe(
             exchange.latency_ms / 1000
         )
-        if exchange.ttft_ms is not None:
-            m.time_to_first_chunk.labels(operation, exchange.provider_name, request_model).observe(
-                exchange.ttft_ms / 1000
-            )
+        # Time to first chunk is a streaming measure (semconv: reported for streaming calls, not otherwise).
+        ttfc = exchange.ttft_ms / 1000 if exchange.stream and exchange.ttft_ms is not None else None
+        if ttfc is not None:
+            m.time_to_first_chunk.labels(operation, exchange.provider_name, request_model).observe(ttfc)
         if usage is not None:
             m.token_usage.labels(operation, exchange.provider_name, request_model, "input", team).observe(
                 usage.input_tokens
@@ -371,8 +371,8 @@ class Proxy:
                 span.set_attribute(attr.GEN_AI_RESPONSE_ID, exchange.response_id)
             if exchange.finish_reasons:
                 span.set_attribute(attr.GEN_AI_RESPONSE_FINISH_REASONS, list(exchange.finish_reasons))
-            if exchange.ttft_ms is not None:
-                span.set_attribute(attr.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, exchange.ttft_ms / 1000)
+            if ttfc is not None:
+                span.set_attribute(attr.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, ttfc)
             if usage is not None:
                 span.set_attribute(attr.GEN_AI_USAGE_INPUT_TOKENS, usage.input_tokens)
                 span.set_attribute(attr.GEN_AI_USAGE_OUTPUT_TOKENS, usage.output_tokens)

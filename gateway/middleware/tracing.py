@@ -15,6 +15,33 @@ UNTRACED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 TRACE_HEADER = b"x-tollgate-trace-id"
 
 
+_ROUTES = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/models",
+        "/v1/reports/cost",
+        "/v1/reports/usage",
+        "/admin/keys",
+    }
+)
+_TEMPLATES = (("/v1/models/", "/v1/models/{model}"), ("/admin/keys/", "/admin/keys/{id}"))
+
+
+def route_template(path: str) -> str | None:
+    """The route a path matched, as a template; None for paths nothing serves (span names must stay bounded)."""
+    if not path.startswith(("/v1/", "/admin")):
+        path = "/v1" + path  # clients configured without the /v1 suffix
+    if path in _ROUTES:
+        return path
+    for prefix, template in _TEMPLATES:
+        if path.startswith(prefix):
+            return template
+    return None
+
+
 class TracingMiddleware:
     def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
         self.app = app
@@ -27,9 +54,12 @@ class TracingMiddleware:
         raw = header(scope, b"traceparent")
         method = scope["method"]
         path = scope["path"]
-        attributes = {attr.HTTP_REQUEST_METHOD: method, attr.URL_PATH: path, attr.HTTP_ROUTE: path}
+        route = route_template(path)
+        attributes = {attr.HTTP_REQUEST_METHOD: method, attr.URL_PATH: path}
+        if route is not None:
+            attributes[attr.HTTP_ROUTE] = route
         request_trace = self.tracing.start_request(
-            f"{method} {path}",
+            f"{method} {route}" if route else method,
             raw.decode("latin-1") if raw is not None else None,
             attributes,
             record=path not in UNTRACED_PATHS,

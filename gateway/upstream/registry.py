@@ -67,9 +67,7 @@ class ProviderRegistry:
     @staticmethod
     def _translated(kind: str) -> Provider:
         if importlib.util.find_spec("litellm") is None:
-            raise MissingExtra(
-                f"Provider {kind!r} needs litellm's translation: pip install litellm"
-            )
+            raise MissingExtra(f"Provider {kind!r} needs litellm's translation: pip install litellm")
         translated = _import_from_string(TRANSLATED_PROVIDER)
         provider: Provider = translated(kind)
         return provider

@@ -13,34 +13,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+from support.fake_openai import FakeOpenAI
+from support.gateway import run_gateway
 from support.prometheus import RunningPrometheus, start_prometheus
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "tollgate.json"
-
-# What the gateway exposes at /metrics (prometheus_client names, so counters already end in _total).
-# TODO: once gateway/telemetry/metrics.py exists, derive this from a live scrape instead: run the gateway (the
-# `run_gateway` helper in tests/support/gateway.py), make one chat call so every labelled family has a sample,
-# GET /metrics and collect `sample.name` over `prometheus_client.parser.text_string_to_metric_families(text)`;
-# then `exposed_series()` below becomes that set.
-EXPOSED_METRICS: dict[str, str] = {
-    "gen_ai_client_token_usage": "histogram",
-    "gen_ai_client_operation_duration_seconds": "histogram",
-    "gen_ai_client_operation_time_to_first_chunk_seconds": "histogram",
-    "tollgate_requests_total": "counter",
-    "tollgate_cost_usd_total": "counter",
-    "tollgate_unpriced_requests_total": "counter",
-    "tollgate_upstream_attempts_total": "counter",
-    "tollgate_upstream_retries_total": "counter",
-    "tollgate_upstream_fallbacks_total": "counter",
-    "tollgate_ledger_journal_lag": "gauge",
-    "tollgate_span_export_dropped_total": "counter",
-    "tollgate_span_export_failures_total": "counter",
-}
 
 SERVICES = {
     "gateway",
@@ -56,13 +40,43 @@ SERVICES = {
 }
 
 
-def exposed_series() -> set[str]:
+def series_of(metrics_text: str) -> set[str]:
+    """Every series name a /metrics page exposes: its samples, and for labelled families that have none yet (a
+    counter no request has moved), the names their type gives them."""
     series: set[str] = set()
-    for name, kind in EXPOSED_METRICS.items():
-        if kind == "histogram":
-            series |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+    for family in text_string_to_metric_families(metrics_text):
+        series |= {sample.name for sample in family.samples}
+        if family.type == "counter":
+            series.add(f"{family.name}_total")
+        elif family.type == "histogram":
+            series |= {f"{family.name}_bucket", f"{family.name}_sum", f"{family.name}_count"}
         else:
-            series.add(name)
+            series.add(family.name)
+    return series
+
+
+@pytest.fixture(scope="module")
+def exposed_series() -> set[str]:
+    """What a live gateway exposes at /metrics after one chat call through it (so labelled families have samples)."""
+    policy = """
+models:
+  - alias: gpt-test
+    deployments:
+      - {{name: fake, provider: openai, api_base: '{upstream}', model: gpt-4o-mini}}
+"""
+    with FakeOpenAI.running() as upstream, run_gateway(policy.format(upstream=upstream.base_url)) as gateway:
+        key = gateway.create_key("deploy-check")
+        response = httpx.post(
+            gateway.base_url + "/chat/completions",
+            json={"model": "gpt-test", "messages": [{"role": "user", "content": "hello"}]},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        metrics = gateway.admin("GET", "/metrics")
+        assert metrics.status_code == 200, metrics.text
+    series = series_of(metrics.text)
+    assert {"tollgate_requests_total", "gen_ai_client_token_usage_sum"} <= series
     return series
 
 
@@ -286,8 +300,8 @@ def test_grafana_provisioning_matches_the_stack() -> None:
 # -- the dashboard --------------------------------------------------------------------------------------------------
 
 
-def test_dashboard_uses_only_exposed_metrics() -> None:
-    exposed = exposed_series()
+def test_dashboard_uses_only_exposed_metrics(exposed_series: set[str]) -> None:
+    exposed = exposed_series
     used = set().union(*(promql_metric_names(expr) for expr in dashboard_queries()))
     assert used - exposed == set(), f"the dashboard queries metrics /metrics does not expose: {used - exposed}"
     # The panels the issue asks for: requests, latency, tokens, cost by team, error rate.
