@@ -305,7 +305,9 @@ class Proxy:
 
     # -- metering ----------------------------------------------------------------------------------------------
 
-    def price(self, exchange: Exchange, usage: Usage) -> None:
+    def price(self, exchange: Exchange, usage: Usage | None) -> None:
+        """Sets the cost; None as usage prices a call that consumed nothing (an error) at $0 when the model has a
+        price, so it is never mistaken for an unpriced one."""
         exchange.usage = usage
         deployment = exchange.deployment
         provider = deployment.provider if deployment else None
@@ -316,7 +318,7 @@ class Proxy:
             price = self.prices.lookup(exchange.response_model, provider)
         if price is None:
             price = self.prices.lookup(exchange.upstream_model, provider)
-        exchange.cost = cost_or_none(usage, price)
+        exchange.cost = cost_or_none(usage or Usage(), price)
 
     def estimate(self, exchange: Exchange, output: Any) -> Usage | None:
         try:
@@ -408,7 +410,7 @@ class Proxy:
         if response.status >= 400:
             body = normalized_error(response.status, body)
             exchange.status = "upstream_error"
-            self.price(exchange, Usage(source="reported"))
+            self.price(exchange, None)
             retry_after = response.headers.get("retry-after")
             if retry_after and response.status in (429, 503):
                 headers.append((b"retry-after", retry_after.encode()))
@@ -565,6 +567,7 @@ class Proxy:
             except TollgateError as exc:
                 exchange.status = "upstream_error"
                 exchange.http_status = exc.status
+                self.price(exchange, None)
                 self.finish(exchange)
                 raise
             await self.relay(exchange, response, receive, send)

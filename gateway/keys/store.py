@@ -7,6 +7,7 @@ keeps the per-request check in microseconds. The digest found by the index looku
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -18,9 +19,11 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Column, MetaData, Row, String, Table, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.database import UTCDateTime
+from gateway.exceptions import ServiceUnavailable
 from gateway.migrations import upgrade_head
 
 KEY_PREFIX = "tg-"
@@ -165,6 +168,7 @@ class KeyCache:
         self.ttl = ttl
         self.negative_ttl = min(ttl, 2.0)
         self.max_entries = max_entries
+        self.lookup_timeout = 2.0
         self._entries: dict[str, tuple[VirtualKey | None, float]] = {}
 
     async def authenticate(self, key: str) -> VirtualKey | None:
@@ -175,7 +179,20 @@ class KeyCache:
             record, expires = cached
             if now < expires:
                 return record
-        record = await self.store.find(key)
+        try:
+            async with asyncio.timeout(self.lookup_timeout):
+                record = await self.store.find(key)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            # The store is down (DESIGN.md §3: that must not fail requests). A key seen before keeps working on
+            # its last known state until the store answers again; one never seen cannot be checked.
+            if cached is not None:
+                self._entries[wanted] = (cached[0], now + min(self.ttl, 5.0))
+                return cached[0]
+            raise ServiceUnavailable(
+                "The key store is unavailable and this key has not been seen recently; retry shortly.",
+                code="key_store_unavailable",
+                headers={"Retry-After": "5"},
+            ) from exc
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
         self._entries[wanted] = (record, now + (self.ttl if record is not None else self.negative_ttl))

@@ -258,3 +258,19 @@ async def test_forgetting_one_key_keeps_the_others_cached(store: KeyStore, other
 
     assert await cache.authenticate(key_a) is None
     assert await cache.authenticate(key_b) is not None
+
+
+async def test_an_unseen_key_while_the_store_is_down_is_a_503_not_a_500() -> None:
+    from gateway.database import create_engine as make_engine
+    from gateway.exceptions import ServiceUnavailable
+    from gateway.keys.store import KeyCache, KeyStore
+    from support.threads import free_port
+
+    engine = make_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/nothing")
+    try:
+        with pytest.raises(ServiceUnavailable) as caught:
+            await KeyCache(KeyStore(engine), ttl=10).authenticate("tg-never-seen")
+        assert caught.value.status == 503
+        assert caught.value.headers["Retry-After"] == "5"
+    finally:
+        await engine.dispose()
