@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -95,6 +96,12 @@ def serve(settings: Settings, access_log: bool) -> int:
         # Clients (and the OpenAI SDK) keep connections open between calls; don't make them reconnect.
         timeout_keep_alive=75,
     )
+    # Everything loaded so far (modules, the price map, the policy) lives as long as the process: freeze it out
+    # of the collector's reach, and collect the young generation less often. Requests allocate many short-lived
+    # objects and almost no cycles, and the default thresholds spent more CPU per request than metering does.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
     uvicorn.Server(config).run()
     return 0
 

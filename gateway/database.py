@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import DateTime, Dialect, event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
@@ -21,13 +22,18 @@ def async_url(url: str) -> str:
     return url
 
 
+def _json_dumps(value: Any) -> str:
+    # orjson: JSON columns (usage tags) are written for every ledger row, and the stdlib encoder is ~10x slower.
+    return orjson.dumps(value).decode()
+
+
 def create_engine(url: str) -> AsyncEngine:
     url = async_url(url)
     if url.startswith("sqlite+aiosqlite:///"):
         path = url[len("sqlite+aiosqlite:///") :]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url)
+        engine = create_async_engine(url, json_serializer=_json_dumps)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -39,7 +45,7 @@ def create_engine(url: str) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, pool_pre_ping=True)
+    return create_async_engine(url, pool_pre_ping=True, json_serializer=_json_dumps)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

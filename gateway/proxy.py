@@ -347,24 +347,31 @@ class Proxy:
         error_type = None if exchange.http_status < 400 and exchange.status == "ok" else str(exchange.http_status)
         if exchange.status in ("stream_broken", "client_disconnected"):
             error_type = exchange.status
-        m = self.metrics
-        m.requests.labels(str(exchange.http_status), exchange.route.alias, team).inc()
-        m.operation_duration.labels(operation, exchange.provider_name, request_model, error_type or "").observe(
-            exchange.latency_ms / 1000
+        series = self.metrics.call_series(
+            operation,
+            exchange.provider_name,
+            request_model,
+            team,
+            exchange.route.alias,
+            str(exchange.http_status),
+            error_type or "",
+            model,
         )
+        series.requests.inc()
+        series.duration.observe(exchange.latency_ms / 1000)
         # Time to first chunk is a streaming measure (semconv: reported for streaming calls, not otherwise).
         ttfc = exchange.ttft_ms / 1000 if exchange.stream and exchange.ttft_ms is not None else None
         if ttfc is not None:
-            m.time_to_first_chunk.labels(operation, exchange.provider_name, request_model).observe(ttfc)
+            series.time_to_first_chunk.observe(ttfc)
         if usage is not None:
-            m.token_usage.labels(operation, exchange.provider_name, request_model, "input", team).observe(
-                usage.input_tokens
-            )
+            series.input_tokens.observe(usage.input_tokens)
             if operation != "embeddings":
-                m.token_usage.labels(operation, exchange.provider_name, request_model, "output", team).observe(
-                    usage.output_tokens
-                )
-            m.record_cost(team, model, exchange.cost)
+                series.output_tokens.observe(usage.output_tokens)
+            if exchange.cost is None:
+                series.unpriced.inc()
+            else:
+                # Prometheus counters are floats: the ledger holds the exact figure, this is for dashboards.
+                series.cost.inc(float(exchange.cost))
         span = exchange.attempt_span
         if span is not None:
             if exchange.response_model:

@@ -38,7 +38,7 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)
     # Raw usage records older than this are deleted (daily rollups are kept); 0 keeps them forever.
     ledger_retention_days: int = 0
-    ledger_batch_size: int = 500
+    ledger_batch_size: int = 100
     ledger_flush_seconds: float = 0.5
     # OpenTelemetry, from the standard OTEL_* variables. No endpoint: spans are not created at all (trace ids are
     # still minted and returned), so an unconfigured gateway pays nothing for tracing.
@@ -169,7 +169,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         log_level=env.get("TOLLGATE_LOG_LEVEL", "info").lower(),
         redis_url=env.get("REDIS_URL") or None,
         ledger_retention_days=_int(env, "TOLLGATE_LEDGER_RETENTION_DAYS", 0, minimum=0),
-        ledger_batch_size=_int(env, "TOLLGATE_LEDGER_BATCH_SIZE", 500),
+        ledger_batch_size=_int(env, "TOLLGATE_LEDGER_BATCH_SIZE", 100),
         ledger_flush_seconds=_non_negative(
             _float(env, "TOLLGATE_LEDGER_FLUSH_SECONDS", 0.5), "TOLLGATE_LEDGER_FLUSH_SECONDS"
         ),

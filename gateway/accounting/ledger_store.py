@@ -53,10 +53,11 @@ def record_row(record: UsageRecord) -> dict[str, Any]:
     }
     # Client-supplied text (the OpenAI `user` field, tags) must not make a row, and so its batch, fail: too long for
     # the column, or with a NUL byte, which PostgreSQL refuses in text and JSON.
+    # Checked inline: this runs for every record, and almost every value passes untouched.
     for name, limit in _STRING_LIMITS.items():
         value = row[name]
-        if isinstance(value, str):
-            row[name] = _clean(value)[:limit]
+        if value.__class__ is str and (len(value) > limit or "\x00" in value):
+            row[name] = value.replace("\x00", "")[:limit]
     if record.tags:
         row["tags"] = {_clean(str(k)): _clean(str(v)) for k, v in record.tags.items()}
     return row

@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from gateway.accounting.counters import (
     ADMITTED,
@@ -58,11 +59,14 @@ from gateway.accounting.counters import (
     Owner,
 )
 from gateway.accounting.periods import PeriodSpan, format_usd, from_nano, period_span, to_nano
-from gateway.accounting.redis_counters import RedisCounters
 from gateway.accounting.seeding import PERIOD_SLACK, Seeder, SpendSource, seed_marker, spend_key
 from gateway.exceptions import RateLimited
 from gateway.keys.store import VirtualKey
 from gateway.policy import ANY_TEAM, PERIODS, LimitRule, Limits, Period, Policy
+
+if TYPE_CHECKING:
+    # redis-py costs ~7 MB of memory to import: only deployments with REDIS_URL load it.
+    from gateway.accounting.redis_counters import RedisCounters
 
 __all__ = ["NO_LIMITS", "Admission", "Limiter", "SpendSource", "build_limiter", "estimate_tokens"]
 
@@ -494,5 +498,9 @@ def build_limiter(
     reconcile_seconds: float = 300.0,
 ) -> Limiter:
     """The limiter for a policy: Redis-backed when `redis_url` is set, in-process otherwise. Call `start()`."""
-    redis = RedisCounters.from_url(redis_url, prefix=key_prefix) if redis_url else None
+    redis = None
+    if redis_url:
+        from gateway.accounting.redis_counters import RedisCounters
+
+        redis = RedisCounters.from_url(redis_url, prefix=key_prefix)
     return Limiter(policy.limits, spend_source, redis=redis, clock=clock, reconcile_seconds=reconcile_seconds)

@@ -6,7 +6,8 @@ upstream answers that succeeded; never request ids or end-user ids.
 
 from __future__ import annotations
 
-from decimal import Decimal
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -17,8 +18,22 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 TTFC_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
+@dataclass(frozen=True, slots=True)
+class CallSeries:
+    """The labelled children one call updates, looked up once per label combination rather than per call."""
+
+    requests: Any
+    duration: Any
+    time_to_first_chunk: Any
+    input_tokens: Any
+    output_tokens: Any
+    cost: Any
+    unpriced: Any
+
+
 class Metrics:
     def __init__(self) -> None:
+        self._series: dict[tuple[str, ...], CallSeries] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.token_usage = Histogram(
@@ -81,12 +96,30 @@ class Metrics:
         )
         self.span_failures = Counter("tollgate_span_export_failures", "Spans the collector did not accept", registry=r)
 
-    def record_cost(self, team: str, model: str, cost: Decimal | None) -> None:
-        if cost is None:
-            self.unpriced.labels(team, model).inc()
-        else:
-            # Prometheus counters are floats: the ledger holds the exact figure, this is for dashboards.
-            self.cost.labels(team, model).inc(float(cost))
+    def call_series(
+        self,
+        operation: str,
+        provider: str,
+        request_model: str,
+        team: str,
+        alias: str,
+        status: str,
+        error_type: str,
+        model: str,
+    ) -> CallSeries:
+        key = (operation, provider, request_model, team, alias, status, error_type, model)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = CallSeries(
+                requests=self.requests.labels(status, alias, team),
+                duration=self.operation_duration.labels(operation, provider, request_model, error_type),
+                time_to_first_chunk=self.time_to_first_chunk.labels(operation, provider, request_model),
+                input_tokens=self.token_usage.labels(operation, provider, request_model, "input", team),
+                output_tokens=self.token_usage.labels(operation, provider, request_model, "output", team),
+                cost=self.cost.labels(team, model),
+                unpriced=self.unpriced.labels(team, model),
+            )
+        return series
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
