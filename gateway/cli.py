@@ -101,7 +101,7 @@ def serve(settings: Settings, access_log: bool) -> int:
     # objects and almost no cycles, and the default thresholds spent more CPU per request than metering does.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
+    gc.set_threshold(3_000, 10, 10)
     uvicorn.Server(config).run()
     return 0
 

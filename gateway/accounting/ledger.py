@@ -270,7 +270,11 @@ class Ledger:
     async def _step(self) -> bool:
         """One unit of work: a queued batch, else a chunk of a journal replay. False if there was none."""
         if not self._inflight and self._queue:
-            for _ in range(min(self.batch_size, len(self._queue))):
+            # Small batches keep each write short (tail latency of the requests sharing the loop); a backlog is
+            # written in larger ones, whose per-transaction cost is spread over more rows, so it drains.
+            backlog = len(self._queue)
+            size = self.batch_size if backlog < 4 * self.batch_size else 10 * self.batch_size
+            for _ in range(min(size, backlog)):
                 self._inflight.append(self._queue.popleft())
         if self._inflight:
             await self._write([record for record, _ in self._inflight])
