@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import text
@@ -27,6 +27,7 @@ from gateway.middleware.request_id import RequestIdMiddleware
 from gateway.middleware.tracing import TracingMiddleware
 from gateway.policy import Policy
 from gateway.protocol import validation
+from gateway.protocol.types import ModelCard, ModelList
 from gateway.proxy import Endpoint, Proxy
 from gateway.responses import send_bytes, send_json
 from gateway.routing import alias_allowed
@@ -37,8 +38,6 @@ from gateway.types import ASGIApp, Receive, Scope, Send
 from gateway.upstream.registry import ProviderRegistry
 
 logger = logging.getLogger("tollgate")
-
-Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PROXIED = {
     "/chat/completions": Endpoint("chat/completions", validation.validate_chat),
@@ -187,20 +186,18 @@ class Tollgate:
     async def models(self, model_id: str, scope: Scope, send: Send) -> None:
         key: VirtualKey = scope[VIRTUAL_KEY]
         allowed = self.policy.team(key.team).models
-        cards = [
-            {"id": route.alias, "object": "model", "created": self.started_at, "owned_by": "tollgate"}
-            for route in self.policy.routes
-            if alias_allowed(route.alias, allowed)
-        ]
         if not model_id:
-            await send_json(send, 200, {"object": "list", "data": cards})
+            cards = [self.model_card(r.alias) for r in self.policy.routes if alias_allowed(r.alias, allowed)]
+            listing: ModelList = {"object": "list", "data": cards}
+            await send_json(send, 200, listing)
             return
         route = self.proxy.router.resolve(model_id)
         if route is None or not alias_allowed(model_id, allowed):
             raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
-        await send_json(
-            send, 200, {"id": model_id, "object": "model", "created": self.started_at, "owned_by": "tollgate"}
-        )
+        await send_json(send, 200, self.model_card(model_id))
+
+    def model_card(self, model_id: str) -> ModelCard:
+        return {"id": model_id, "object": "model", "created": self.started_at, "owned_by": "tollgate"}
 
     async def readiness(self, send: Send) -> None:
         """200 while the gateway can serve (degraded parts are listed: the journal and local counters cover for

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import orjson
 
+from gateway.protocol.types import ErrorResponse
+
 
 class TollgateError(Exception):
     status = 500
@@ -122,7 +124,8 @@ class ServiceUnavailable(TollgateError):
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
+    body: ErrorResponse = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return orjson.dumps(body)
 
 
 def render_error(exc: TollgateError) -> bytes:

@@ -423,9 +423,12 @@ class Proxy:
                 headers.append((b"retry-after", retry_after.encode()))
         else:
             parsed = self.parse_response(exchange, body)
-            if exchange.capture is not None:
+            usage = usage_from_response(parsed)
+            if usage is None or exchange.capture is not None:
+                # The response's own text: for the estimate when the provider reported no usage, and for capture.
                 exchange.output = output_from_response(parsed)
-            usage = usage_from_response(parsed) or self.estimate(exchange, output_from_response(parsed))
+            if usage is None:
+                usage = self.estimate(exchange, exchange.output)
             if usage is not None:
                 self.price(exchange, usage)
             headers.append((b"x-tollgate-cost-usd", format_usd(exchange.cost).encode()))

@@ -8,8 +8,6 @@ import orjson
 
 from gateway.types import Send
 
-JSON_HEADERS = [(b"content-type", b"application/json")]
-
 
 async def send_bytes(
     send: Send, status: int, body: bytes, content_type: bytes, headers: list[tuple[bytes, bytes]] | None = None

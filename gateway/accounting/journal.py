@@ -56,10 +56,6 @@ class Segment:
     def pending(self) -> int:
         return max(self.appended - self.committed, 0)
 
-    @property
-    def needs_replay(self) -> bool:
-        return not self.owned or self.overflowed > 0
-
 
 @dataclass(slots=True)
 class Chunk:

@@ -113,12 +113,6 @@ def encoding_for_model(model: str) -> tiktoken.Encoding:
     return get_encoding(encoding_name_for_model(model))
 
 
-def warm_up(models: Iterable[str] = ("gpt-4o", "gpt-4")) -> None:
-    """Load the encodings these models use now rather than on the first request that needs an estimate."""
-    for model in models:
-        encoding_for_model(model)
-
-
 def count_text(text: str, model: str) -> int:
     return len(encoding_for_model(model).encode_ordinary(text)) if text else 0
 

@@ -106,10 +106,6 @@ class RequestTrace:
     def trace_id_hex(self) -> str:
         return f"{self.trace_id:032x}"
 
-    @property
-    def span_id_hex(self) -> str | None:
-        return f"{self.span.get_span_context().span_id:016x}" if self.span is not None else None
-
 
 class Tracing:
     def __init__(

@@ -6,7 +6,6 @@ tenth of httpx/httpcore's CPU per request (DESIGN.md §7), and the proxy's throu
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 
@@ -103,4 +102,4 @@ class OpenAICompatibleProvider:
 
     async def aclose(self) -> None:
         # The session is shared and closed by its owner (the provider registry).
-        await asyncio.sleep(0)
+        return None
